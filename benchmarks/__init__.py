@@ -1,0 +1,1 @@
+"""tanl-guard benchmarks (run on demand, not in CI)."""

@@ -1,0 +1,58 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""Configuration of the DICOM folder scan and of view decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tanl_guard.dicom.view_spec import ViewSpec
+
+__all__ = ["DicomScanConfig"]
+
+
+@dataclass(frozen=True)
+class DicomScanConfig:
+    """Settings for :func:`scan_folder` and :func:`load_series_views`.
+
+    Attributes:
+        salt: salt for the hashed study/series/path keys; ``None`` uses ``$TANL_GUARD_SALT`` or the per-installation
+            salt file (see :func:`tanl_guard.dicom.privacy.resolve_salt`).
+        force: also read files without the DICOM preamble and file meta (legacy ACR-NEMA style) with
+            ``dcmread(force=True)``. Off by default: forced reads accept almost anything. Forced datasets are kept
+            only when they carry an SOP Class UID or image dimensions.
+        follow_symlinks: follow symbolic links to files and folders (loops are detected and reported). Off by
+            default so that a scan never leaves the exported tree.
+        max_pixels_per_frame: largest Rows x Columns x Samples accepted for one frame (checked on the header).
+        max_frames: largest Number of Frames accepted for one file (checked on the header).
+        max_pixels_per_series: largest declared total (Rows x Columns x Frames x Samples over the instances) of one
+            series; larger series are reported as ``image_too_large`` without decoding. A MIP decodes at most
+            this many pixels (fewer frames, evenly spaced, if needed).
+        view: the default view spec.
+        decoding_plugins: restrict pydicom to these decoder plugins (e.g. ``("pillow", "pydicom")``); ``None`` uses
+            every installed plugin. Plugins left out are reported as missing.
+        dedupe: keep one file per SOP Instance UID within a series; the others get status ``duplicate``.
+        max_failed_instances: files of one series that may fail to decode (each replaced by the nearest other
+            slice) before the whole series is reported unreadable.
+        read_dicomdir: read DICOMDIR files to count the files they reference and report missing ones.
+    """
+
+    salt: str | None = None
+    force: bool = False
+    follow_symlinks: bool = False
+    max_pixels_per_frame: int = 100_000_000
+    max_frames: int = 10_000
+    max_pixels_per_series: int = 2_000_000_000
+    view: ViewSpec = field(default_factory=ViewSpec)
+    decoding_plugins: tuple[str, ...] | None = None
+    dedupe: bool = True
+    max_failed_instances: int = 3
+    read_dicomdir: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.view, str):
+            object.__setattr__(self, "view", ViewSpec.parse(self.view))
+        for name in ("max_pixels_per_frame", "max_frames", "max_pixels_per_series"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.decoding_plugins is not None:
+            object.__setattr__(self, "decoding_plugins", tuple(self.decoding_plugins))

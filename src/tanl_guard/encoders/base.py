@@ -1,0 +1,288 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""The protocol every vision-language encoder implements, its image preprocessing, and a shared base class."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from tanl_guard._optional import optional_import
+from tanl_guard.encoders._images import iter_pixel_batches
+
+__all__ = ["ImagePreprocess", "VisionLanguageEncoder", "BaseEncoder", "resolve_device", "sha256_of_files", "sha256_of_state_dict"]
+
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImagePreprocess:
+    """How an encoder turns an image in [0, 1] into network input.
+
+    The short side is resized to ``resize`` (``size`` when None), the centre ``size`` x ``size`` is cropped, then
+    ``(x - mean) / std`` is applied per RGB channel.
+
+    Attributes:
+        size: side of the square network input, in pixels.
+        mean: per-channel RGB mean, on the [0, 1] scale.
+        std: per-channel RGB standard deviation, on the [0, 1] scale.
+        interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
+        resize: short side before the centre crop (e.g. 256 for a 224 crop); None means ``size`` (crop only the
+            long side, as CLIP does).
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.size) < 1:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}")
+        if any(float(s) <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resize is not None and int(self.resize) < int(self.size):
+            raise ValueError(f"resize ({self.resize}) must be at least size ({self.size})")
+
+    @property
+    def resize_to(self) -> int:
+        """The short side before the centre crop."""
+        return int(self.resize if self.resize is not None else self.size)
+
+
+@runtime_checkable
+class VisionLanguageEncoder(Protocol):
+    """What the guard needs from a CLIP-style encoder: images and texts in one unit-norm embedding space.
+
+    Attributes:
+        id: the spec string the encoder was resolved from (provenance, logged with every audit run).
+        weights_sha256: SHA-256 of the weights actually loaded (of the state dict for random-weight test models).
+        logit_scale: the temperature-inverse the model was trained with (CLIP: 100).
+        embed_dim: D, the embedding dimension.
+        device: where embeddings are computed and returned.
+        preprocess: the image preprocessing the model expects.
+        batch_size: how many images are embedded per forward pass.
+    """
+
+    id: str
+    logit_scale: float
+    embed_dim: int
+    device: torch.device
+    preprocess: ImagePreprocess
+    batch_size: int
+
+    @property
+    def weights_sha256(self) -> str: ...
+
+    def encode_images(self, images: Any, *, normalize_input: bool = True) -> torch.Tensor:
+        """Embed images: a (B, C, H, W) tensor in [0, 1] or a sequence of (H, W) / (H, W, 3) / (C, H, W) images.
+
+        Args:
+            images: the images, values in [0, 1], any size; gray images are repeated to RGB.
+            normalize_input: apply the encoder's mean/std; False feeds the resized pixels as they are (TANL's
+                synthetic noise images).
+
+        Returns:
+            (B, D) float32 L2-normalised embeddings on ``device``.
+        """
+        ...
+
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> torch.Tensor:
+        """Embed texts.
+
+        Args:
+            texts: the prompts.
+            batch_size: prompts per forward pass (encoder default when None).
+            progress: show a tqdm progress bar on stderr.
+
+        Returns:
+            (T, D) float32 L2-normalised embeddings on ``device``.
+        """
+        ...
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Parse ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, failing early when CUDA is asked for but absent.
+
+    Args:
+        device: the device string or object.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(dev)!r} was requested but CUDA is not available on this machine")
+    return dev
+
+
+def sha256_of_files(paths: Iterable[str]) -> str:
+    """SHA-256 of one file, or of the sorted per-file digests of several (independent of where they lie).
+
+    Args:
+        paths: the weight files.
+    """
+    digests = []
+    for path in paths:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        digests.append((str(path), h.hexdigest()))
+    if len(digests) == 1:
+        return digests[0][1]
+    combined = hashlib.sha256()
+    for _, digest in sorted(digests, key=lambda d: d[1]):
+        combined.update(f"{digest}\n".encode())
+    return combined.hexdigest()
+
+
+def sha256_of_state_dict(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, shapes, dtypes and values), for weights not read from a file.
+
+    Args:
+        module: the model.
+    """
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class BaseEncoder(abc.ABC):
+    """Shared implementation of :class:`VisionLanguageEncoder`: input checks, preprocessing, batching, norms.
+
+    Subclasses set the attributes in ``__init__`` and implement :meth:`_embed_pixels`, :meth:`_embed_texts` and
+    :meth:`_compute_weights_sha256`.
+
+    Args:
+        id: the spec string (provenance).
+        embed_dim: D.
+        logit_scale: the model's logit scale.
+        preprocess: the model's image preprocessing.
+        device: where to compute.
+        batch_size: images per forward pass.
+        text_batch_size: prompts per forward pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        embed_dim: int,
+        logit_scale: float,
+        preprocess: ImagePreprocess,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        text_batch_size: int = 256,
+    ) -> None:
+        if int(batch_size) < 1 or int(text_batch_size) < 1:
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {text_batch_size}")
+        self.id = str(id)
+        self.embed_dim = int(embed_dim)
+        self.logit_scale = float(logit_scale)
+        self.preprocess = preprocess
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.text_batch_size = int(text_batch_size)
+        self._weights_sha256: str | None = None
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the loaded weights, computed on first use (hashing a large file takes a moment)."""
+        if self._weights_sha256 is None:
+            self._weights_sha256 = self._compute_weights_sha256()
+        return self._weights_sha256
+
+    @abc.abstractmethod
+    def _compute_weights_sha256(self) -> str:
+        """Hash the weights this encoder loaded."""
+
+    @abc.abstractmethod
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(b, 3, S, S) preprocessed pixels on ``device`` -> (b, D) embeddings (any norm)."""
+
+    @abc.abstractmethod
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """A list of prompts -> (t, D) embeddings (any norm) on ``device``."""
+
+    def encode_images(self, images: Any, *, normalize_input: bool = True) -> torch.Tensor:
+        """Embed images; see :meth:`VisionLanguageEncoder.encode_images`.
+
+        Args:
+            images: a (B, C, H, W) tensor in [0, 1] (C = 1 or 3), or a sequence of numpy arrays / tensors of shape
+                (H, W), (H, W, 3) or (1|3, H, W) in [0, 1] (uint8 is divided by 255), any size.
+            normalize_input: apply the encoder's mean/std after resizing; False skips it.
+
+        Returns:
+            (B, D) float32 L2-normalised embeddings on ``device``.
+        """
+        pp = self.preprocess
+        outputs = []
+        with torch.inference_mode():
+            for pixels in iter_pixel_batches(
+                images,
+                size=pp.size,
+                resize=pp.resize_to,
+                interpolation=pp.interpolation,
+                mean=pp.mean if normalize_input else None,
+                std=pp.std if normalize_input else None,
+                batch_size=self.batch_size,
+                device=self.device,
+            ):
+                outputs.append(self._normalize(self._embed_pixels(pixels)))
+        if not outputs:
+            return torch.empty(0, self.embed_dim, dtype=torch.float32, device=self.device)
+        return torch.cat(outputs)
+
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> torch.Tensor:
+        """Embed texts; see :meth:`VisionLanguageEncoder.encode_texts`.
+
+        Args:
+            texts: the prompts (a sequence of strings, not one string).
+            batch_size: prompts per forward pass; ``text_batch_size`` when None.
+            progress: show a tqdm progress bar on stderr.
+
+        Returns:
+            (T, D) float32 L2-normalised embeddings on ``device``.
+        """
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string: wrap it in a list")
+        texts = list(texts)
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must all be strings, got {sorted(set(bad))}")
+        step = int(batch_size or self.text_batch_size)
+        if step < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        starts = range(0, len(texts), step)
+        if progress:
+            tqdm = optional_import("tqdm", "cli", "progress bars").tqdm
+            starts = tqdm(starts, total=len(starts), desc="encode texts", unit="batch", file=sys.stderr)
+        outputs = []
+        with torch.inference_mode():
+            for start in starts:
+                outputs.append(self._normalize(self._embed_texts(texts[start : start + step])))
+        if not outputs:
+            return torch.empty(0, self.embed_dim, dtype=torch.float32, device=self.device)
+        return torch.cat(outputs)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device=self.device, dtype=torch.float32)
+        return torch.nn.functional.normalize(x, dim=-1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, embed_dim={self.embed_dim}, device={str(self.device)!r})"
