@@ -7,8 +7,8 @@ Rules (documented in docs/corpora.md):
   surrounding whitespace stripped. Two labels with the same key are duplicates; the first one is kept.
 * NegLabel's rule: an adjective whose key also occurs as a label of any other kind (noun, concept, user) is removed,
   wherever it stands.
-* :meth:`Corpus.without_id_labels` removes every label whose key equals an ID label or one of its simple
-  variants (leading article dropped, hyphens as spaces, regular and common Latin/Greek plural and singular
+* :meth:`Corpus.without_id_labels` removes every label whose key (or key with hyphens as spaces) equals an ID
+  label or one of its simple variants (leading article dropped, hyphens as spaces, regular and common Latin/Greek plural and singular
   forms of the last word).
 """
 
@@ -80,7 +80,8 @@ def label_variants(label: str) -> set[str]:
 
     The key itself, without a leading article, with hyphens as spaces, and with the last word turned into its
     regular or common Latin/Greek plural or singular ("tumor"/"tumors", "metastasis"/"metastases",
-    "vertebra"/"vertebrae", "bronchus"/"bronchi", "body"/"bodies").
+    "vertebra"/"vertebrae", "bronchus"/"bronchi", "body"/"bodies"). A few generated forms are not English words
+    ("tumores"); they only matter if a corpus label happens to spell them.
 
     Args:
         label: an ID label.
@@ -158,7 +159,11 @@ class Corpus:
 
     @classmethod
     def from_labels(
-        cls, labels: Iterable[str], kind: str | Sequence[str] = "user", source: str | Sequence[str] = "user", name: str = ""
+        cls,
+        labels: Iterable[str],
+        kind: str | Sequence[str] = "user",
+        source: str | Sequence[str] = "user",
+        name: str = "",
     ) -> Corpus:
         """Build a corpus from raw labels: cleaned and de-duplicated.
 
@@ -233,7 +238,11 @@ class Corpus:
         drop: set[str] = set()
         for label in id_labels:
             drop |= label_variants(label)
-        keep = [i for i, label in enumerate(self.labels) if normalize_label(label) not in drop]
+        keep = []
+        for i, label in enumerate(self.labels):
+            key = normalize_label(label)
+            if key not in drop and key.replace("-", " ") not in drop:
+                keep.append(i)
         return self.subset(keep)
 
 

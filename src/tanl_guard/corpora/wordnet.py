@@ -9,9 +9,10 @@ from functools import lru_cache
 from importlib import resources
 
 from tanl_guard.corpora.corpus import Corpus, clean_label, deduplicate
-from tanl_guard.corpora.wordnet_build import WORDNET_FILE_NAME
 
-__all__ = ["wordnet_rows", "load_wordnet"]
+__all__ = ["WORDNET_FILE_NAME", "wordnet_rows", "load_wordnet"]
+
+WORDNET_FILE_NAME = "wordnet_words.tsv.gz"
 
 
 @lru_cache(maxsize=1)

@@ -22,11 +22,12 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tanl_guard.corpora.wordnet import WORDNET_FILE_NAME
+
 __all__ = [
     "WORDNET_LEXNAMES",
     "NOUN_EXCLUDED_LEXFILES",
     "ADJECTIVE_LEXFILES",
-    "WORDNET_FILE_NAME",
     "read_lexnames",
     "iter_synset_lemmas",
     "build_wordnet_lists",
@@ -53,7 +54,6 @@ WORDNET_LEXNAMES: dict[int, str] = dict(
 # NegLabel's shipped txtfiles lack these two noun files.
 NOUN_EXCLUDED_LEXFILES: tuple[str, ...] = ("noun.animal", "noun.food")
 ADJECTIVE_LEXFILES: tuple[str, ...] = ("adj.all", "adj.pert", "adj.ppl")
-WORDNET_FILE_NAME = "wordnet_words.tsv.gz"
 
 # data.adj marks syntactic position after the lemma: (a) attributive, (p) predicative, (ip) immediately postnominal.
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")

@@ -70,6 +70,7 @@ class SeriesRecord:
             ``image_too_large``), else ``None``.
         issue_detail: explanation of ``issue``.
         rel_paths: every file of the series that reached grouping (kept, duplicates and rejected), for outcomes.
+        root: the scan root the relative paths start from (absolute; used for decoding, never reported).
     """
 
     series_key: str
@@ -79,6 +80,7 @@ class SeriesRecord:
     issue: Reason | None = None
     issue_detail: str = ""
     rel_paths: tuple[str, ...] = ()
+    root: Path = field(default=Path(), repr=False)
 
     @property
     def frame_count(self) -> int:

@@ -74,16 +74,23 @@ def to_rgb_chw(image: Any) -> torch.Tensor:
     return x.expand(3, -1, -1) if x.shape[0] == 1 else x
 
 
-def resize_center_crop(x: torch.Tensor, size: int, resize: int, interpolation: str) -> torch.Tensor:
+def resize_center_crop(
+    x: torch.Tensor, size: int, resize: int, interpolation: str, squash: bool = False
+) -> torch.Tensor:
     """Resize a (B, 3, H, W) batch so its short side is ``resize``, then centre-crop ``size`` x ``size``.
+
+    With ``squash`` the batch is resized straight to ``size`` x ``size`` instead, whatever its aspect ratio.
 
     Antialiased like PIL when shrinking; bicubic results are clamped back to [0, 1] when the input lay there, as
     PIL's 8-bit output is.
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])
     short = min(h, w)
-    new_h = resize if h == short else max(resize, int(round(h * resize / short)))
-    new_w = resize if w == short else max(resize, int(round(w * resize / short)))
+    if squash:
+        new_h = new_w = size
+    else:
+        new_h = resize if h == short else max(resize, int(round(h * resize / short)))
+        new_w = resize if w == short else max(resize, int(round(w * resize / short)))
     if (new_h, new_w) != (h, w):
         in_unit_range = bool(x.min() >= 0.0) and bool(x.max() <= 1.0)
         if interpolation in ("bilinear", "bicubic"):
@@ -103,6 +110,7 @@ def iter_pixel_batches(
     size: int,
     resize: int,
     interpolation: str,
+    squash: bool = False,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     batch_size: int,
@@ -121,12 +129,12 @@ def iter_pixel_batches(
             chunk = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
             if chunk.shape[1] == 1:
                 chunk = chunk.expand(-1, 3, -1, -1)
-            pixels = resize_center_crop(chunk, size, resize, interpolation)
+            pixels = resize_center_crop(chunk, size, resize, interpolation, squash)
         else:
             # sizes differ from image to image: resize one by one, then stack
             pixels = torch.cat(
                 [
-                    resize_center_crop(to_rgb_chw(im).to(device).unsqueeze(0), size, resize, interpolation)
+                    resize_center_crop(to_rgb_chw(im).to(device).unsqueeze(0), size, resize, interpolation, squash)
                     for im in items[start : start + batch_size]
                 ]
             )

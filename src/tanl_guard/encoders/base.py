@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from tanl_guard.encoders._images import iter_pixel_batches
 __all__ = ["ImagePreprocess", "VisionLanguageEncoder", "BaseEncoder", "resolve_device", "sha256_of_files", "sha256_of_state_dict"]
 
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +36,8 @@ class ImagePreprocess:
         interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
         resize: short side before the centre crop (e.g. 256 for a 224 crop); None means ``size`` (crop only the
             long side, as CLIP does).
+        resize_mode: ``"shortest"`` (resize the short side, centre-crop; CLIP) or ``"squash"`` (resize straight to
+            ``size`` x ``size`` ignoring the aspect ratio; SigLIP).
     """
 
     size: int
@@ -41,6 +45,7 @@ class ImagePreprocess:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     resize: int | None = None
+    resize_mode: str = "shortest"
 
     def __post_init__(self) -> None:
         if int(self.size) < 1:
@@ -51,6 +56,8 @@ class ImagePreprocess:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {self.resize_mode!r}")
         if self.resize is not None and int(self.resize) < int(self.size):
             raise ValueError(f"resize ({self.resize}) must be at least size ({self.size})")
 
@@ -133,11 +140,16 @@ def sha256_of_files(paths: Iterable[str]) -> str:
     """
     digests = []
     for path in paths:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        digests.append((str(path), h.hexdigest()))
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        digest = _FILE_DIGESTS.get(key)
+        if digest is None:  # a 784 MB checkpoint takes seconds: hash each file version once per process
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                    h.update(block)
+            digest = _FILE_DIGESTS[key] = h.hexdigest()
+        digests.append((str(path), digest))
     if len(digests) == 1:
         return digests[0][1]
     combined = hashlib.sha256()
@@ -236,6 +248,7 @@ class BaseEncoder(abc.ABC):
                 size=pp.size,
                 resize=pp.resize_to,
                 interpolation=pp.interpolation,
+                squash=pp.resize_mode == "squash",
                 mean=pp.mean if normalize_input else None,
                 std=pp.std if normalize_input else None,
                 batch_size=self.batch_size,

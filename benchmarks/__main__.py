@@ -1,0 +1,36 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""Run a benchmark on demand: ``python -m benchmarks NAME [options]``.
+
+Names: ``simulation`` (controlled mixture, engine only), ``real_images`` (images shipped inside installed
+packages, offline surrogate encoder by default), ``encoder`` (the same harness with a real BiomedCLIP/CLIP and
+your own ID/OOD folders). ``python -m benchmarks NAME --help`` lists each one's options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["BENCHMARKS", "main"]
+
+BENCHMARKS = {
+    "simulation": "benchmarks.simulation",
+    "real_images": "benchmarks.real_images",
+    "encoder": "benchmarks.encoder",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown benchmark {argv[0]!r}; choose one of: {', '.join(BENCHMARKS)}")
+            return 2
+        return 0
+    module = importlib.import_module(BENCHMARKS[argv[0]])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""``tanl-guard state show``: what a screening checkpoint holds (hashed keys and counts only)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import click
+
+__all__ = ["state", "describe_checkpoint"]
+
+
+def describe_checkpoint(payload: dict) -> dict:
+    """A JSON-safe description of a screening checkpoint."""
+    detector = payload["guard"]["detector"]
+    verdicts = payload.get("verdicts", {})
+    out = {
+        "format": payload.get("format"),
+        "studies_done": len(verdicts),
+        "verdicts": dict(Counter(v["verdict"] for v in verdicts.values())),
+        "order": payload.get("order"),
+        "detector": detector.get("detector"),
+        "images_screened": payload["guard"].get("n_images"),
+        "threshold_policy": payload["guard"].get("policy_threshold"),
+        "metadata": payload.get("metadata", {}),
+    }
+    if detector.get("detector") == "tanl":
+        out.update(
+            threshold=detector["threshold"],
+            queue_confident_id=int(detector["pos_features"].shape[0]),
+            queue_confident_ood=int(detector["neg_features"].shape[0]),
+            history=int(detector["history"].numel()),
+            batches=detector["n_steps"],
+            config=detector["config"],
+            selected_negative_indices=detector["selected"][:20].tolist(),
+        )
+    return out
+
+
+@click.group()
+def state() -> None:
+    """Saved detector state (screening checkpoints)."""
+
+
+@state.command("show")
+@click.argument("source", default="tanl_guard_state.pt")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="Where to find SOURCE when it is an MLflow run id.")
+def show(source: str, tracking_uri: str | None) -> None:
+    """Show a checkpoint file, or the final state of an MLflow run (SOURCE = file path or run id)."""
+    from ..pipeline import load_checkpoint
+
+    path = Path(source)
+    try:
+        if not path.exists():
+            from ..integrations.mlflow import download_state
+
+            path = download_state(source, tracking_uri)
+        click.echo(json.dumps(describe_checkpoint(load_checkpoint(path)), indent=2, default=str))
+    except (ValueError, LookupError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc

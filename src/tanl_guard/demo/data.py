@@ -1,0 +1,165 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""The demo's folder of studies, assembled from real images that ship inside installed packages.
+
+In distribution (brain MR): pydicom's ``MR_small`` and pydicom-data's ``emri_small`` (packaged DICOM), plus
+series written here from real brain MRI volumes that ship with nilearn (the MNI152 template), nibabel (an EPI
+run) and matplotlib (a sagittal slice). Out of distribution: packaged CT, X-ray (CR), ultrasound and NM files,
+and photos from scikit-image stored as DICOM secondary captures. Broken inputs: two truncated copies, a JPEG
+file whose decoder is not installed, a structured report without pixels, and a text file.
+Reference ID images (anchors, never screened): other MNI152 slices and nibabel's small anatomical volume.
+
+All patient fields of the generated files are fictitious; the packaged files carry test-data names, which the
+product never writes out (studies are named by salted hashes).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DemoFolder", "build_demo_folder", "write_dicom_series", "ID_LABELS"]
+
+ID_LABELS = ("brain MRI",)
+
+_PACKAGED_ID = ("MR_small.dcm", "emri_small.dcm")
+_PACKAGED_OOD = ("CT_small.dcm", "693_J2KI.dcm", "RG1_UNCR.dcm", "RG3_UNCR.dcm", "US1_UNCR.dcm", "OBXXXX1A.dcm",
+                 "JPEG2000.dcm")
+_PACKAGED_BROKEN = ("JPGExtended.dcm", "test-SR.dcm")
+
+
+@dataclass(frozen=True)
+class DemoFolder:
+    """Where the demo data were written and what they are (counts only)."""
+
+    studies: Path
+    references: Path
+    expected: dict[str, str]  # file or folder name -> "id", "ood" or "broken"
+
+
+def _uid(*parts: object) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["tanl-guard-demo", *map(str, parts)])
+
+
+def write_dicom_series(
+    folder: Path, name: str, slices: np.ndarray, modality: str = "MR", rgb: bool = False, description: str = ""
+) -> list[Path]:
+    """Write a (S, H, W) or (S, H, W, 3) array as one DICOM study with one series, a file per slice.
+
+    Monochrome slices are stored as 16-bit MR (or ``modality``) images with their geometry; colour ones as 8-bit
+    RGB secondary captures. Patient fields are fictitious.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.7" if rgb else "1.2.840.10008.5.1.4.1.1.4"
+    study_uid, series_uid = _uid(name, "study"), _uid(name, "series")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = _uid(name, i)
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Demo^Volunteer", f"DEMO-{name}", "19700101"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.StudyDate, ds.Modality, ds.SeriesDescription = "20260101", modality, description or name
+        ds.SeriesNumber, ds.InstanceNumber = 1, i + 1
+        ds.Rows, ds.Columns = int(image.shape[0]), int(image.shape[1])
+        if rgb:
+            ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+            ds.BitsAllocated = ds.BitsStored = 8
+            ds.HighBit, ds.PixelRepresentation = 7, 0
+            ds.PixelData = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+        else:
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient = [0.0, 0.0, float(i) * 2.0]
+            ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
+            scaled = image.astype(np.float64)
+            scaled = (scaled - scaled.min()) / max(float(np.ptp(scaled)), 1e-9) * 4095.0
+            ds.PixelData = scaled.round().astype(np.uint16).tobytes()
+        path = folder / f"IM{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _axial(volume: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return np.stack([np.rot90(volume[:, :, int(z)]) for z in positions])
+
+
+def _packaged(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)  # pydicom's test files or pydicom-data: never a download
+    if path is None:
+        raise FileNotFoundError(f"{name} is not installed (pydicom / pydicom-data)")
+    return Path(path)
+
+
+def build_demo_folder(root: str | Path) -> DemoFolder:
+    """Write the demo studies and reference images under ``root`` (``studies/`` and ``references/``)."""
+    import nibabel
+    from nilearn.datasets import load_mni152_template
+    from skimage import data as skdata
+
+    root = Path(root)
+    studies, references = root / "studies", root / "references"
+    for folder in (studies, references):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    expected: dict[str, str] = {}
+
+    # In distribution: packaged brain MR, and series written from real brain volumes.
+    for i, name in enumerate(_PACKAGED_ID):
+        shutil.copy(_packaged(name), studies / f"export_{i:02d}.dcm")
+        expected[f"export_{i:02d}.dcm"] = "id"
+    mni = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+    write_dicom_series(studies / "mr_head_a", "mni-axial", _axial(mni, np.linspace(25, 65, 8)), description="T1 axial")
+    nib_data = importlib.resources.files("nibabel") / "tests" / "data"
+    epi = np.asarray(nibabel.load(str(nib_data / "example4d.nii.gz")).get_fdata()[..., 0], dtype=np.float32)
+    write_dicom_series(studies / "mr_head_b", "epi", _axial(epi, np.linspace(4, 19, 6)), description="EPI")
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("s1045.ima.gz") as handle:
+        sagittal = np.frombuffer(handle.read(), np.uint16).reshape(256, 256).astype(np.float32)
+    write_dicom_series(studies / "mr_head_c", "s1045", sagittal[None], description="T1 sagittal")
+    expected.update({"mr_head_a": "id", "mr_head_b": "id", "mr_head_c": "id"})
+
+    # Out of distribution: other modalities, and photos stored as DICOM secondary captures.
+    for i, name in enumerate(_PACKAGED_OOD):
+        shutil.copy(_packaged(name), studies / f"export_{i + 10:02d}.dcm")
+        expected[f"export_{i + 10:02d}.dcm"] = "ood"
+    for name, image in (("photo_astronaut", skdata.astronaut()), ("photo_coffee", skdata.coffee())):
+        write_dicom_series(studies / name, name, image[None], modality="OT", rgb=True, description="photo")
+        expected[name] = "ood"
+
+    # Broken inputs: each must come out as unreadable (or skipped), with a reason, never crash the run.
+    for i, name in enumerate(_PACKAGED_BROKEN):
+        shutil.copy(_packaged(name), studies / f"export_{i + 30:02d}.dcm")
+        expected[f"export_{i + 30:02d}.dcm"] = "broken"
+    data = _packaged("MR2_UNCR.dcm").read_bytes()
+    (studies / "export_40.dcm").write_bytes(data[: len(data) * 2 // 3])  # pixel data cut short
+    garbage = np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8).tobytes()
+    (studies / "export_41.dcm").write_bytes(b"\0" * 128 + b"DICM" + garbage)  # a DICOM preamble, then noise
+    (studies / "notes.txt").write_text("exported by the PACS on request\n")
+    expected.update({"export_40.dcm": "broken", "export_41.dcm": "broken", "notes.txt": "broken"})
+
+    # Reference ID images (anchors): other slices of the template at 1 mm, and nibabel's small anatomical volume.
+    mni1 = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
+    anatomical = np.asarray(nibabel.load(str(nib_data / "anatomical.nii")).get_fdata(), dtype=np.float32)
+    for i, image in enumerate(list(_axial(mni1, np.linspace(40, 140, 10))) + list(_axial(anatomical, [8, 12, 16]))):
+        scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
+        np.save(references / f"brain_{i:02d}.npy", scaled.astype(np.float32))
+    return DemoFolder(studies=studies, references=references, expected=expected)

@@ -1,0 +1,306 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""Decode selected frames of one DICOM file with pydicom 3 and map them to float32 in [0, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tanl_guard.dicom.outcomes import Reason
+
+__all__ = ["DecodeError", "decode_frames", "to_unit_range", "missing_decoder_packages"]
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+                "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+_J2K_FAMILY = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+               "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+_WHOLE_READ_LIMIT = 256 * 1024 * 1024
+_FG_TAGS = [0x52009229, 0x52009230]  # Shared / Per-frame Functional Groups Sequence (Enhanced objects)
+
+
+class DecodeError(Exception):
+    """A file's pixels could not be decoded; carries the reason category for the file's outcome.
+
+    Args:
+        reason: the reason category.
+        detail: a short explanation.
+    """
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _plugin_package(plugin: str, ts: str) -> str:
+    if plugin == "pylibjpeg":
+        if ts in _J2K_FAMILY:
+            return "pylibjpeg-openjpeg"
+        if ts == "1.2.840.10008.1.2.5":
+            return "pylibjpeg-rle"
+        return "pylibjpeg-libjpeg (GPL-3.0)"
+    return {"gdcm": "python-gdcm (Apache-2.0)", "pyjpegls": "pyjpegls", "pillow": "pillow"}.get(plugin, plugin)
+
+
+def missing_decoder_packages(ts: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """Packages that would add a decoder for a transfer syntax (plugins not installed or not allowed).
+
+    Args:
+        ts: Transfer Syntax UID.
+        allowed: the plugin allow-list in use (``None``: all installed plugins are allowed).
+    """
+    from pydicom.pixels import get_decoder
+
+    dec = get_decoder(ts)
+    names = [m.split(" - ", 1)[0] for m in dec.missing_dependencies]
+    if allowed is not None:
+        names += [p for p in dec.available_plugins if p not in allowed]
+    if ts == "1.2.840.10008.1.2.4.51":  # 12-bit JPEG: only libjpeg decodes it (gdcm did not, in tests)
+        names.sort(key=lambda n: n != "pylibjpeg")
+    return [_plugin_package(n, ts) for n in dict.fromkeys(names)]
+
+
+def _missing(ts: str, allowed: tuple[str, ...] | None, why: str) -> DecodeError:
+    from pydicom.uid import UID
+
+    pkgs = missing_decoder_packages(ts, allowed)
+    hint = f"; install one of: {', '.join(pkgs)} (pip install 'tanl-guard[codecs]')" if pkgs else ""
+    return DecodeError(Reason.MISSING_DECODER, f"{why} for {UID(ts).name}{hint}")
+
+
+def _classify(exc: BaseException, ts: str, allowed: tuple[str, ...] | None) -> DecodeError:
+    """Map a pydicom/codec exception to a reason category."""
+    if isinstance(exc, DecodeError):
+        return exc
+    msg = " ".join(str(exc).split())
+    low = msg.lower()
+    if isinstance(exc, MemoryError):
+        return DecodeError(Reason.IMAGE_TOO_LARGE, "out of memory while decoding")
+    if isinstance(exc, NotImplementedError):
+        return DecodeError(Reason.MISSING_DECODER, msg[:200])
+    if "missing dependencies" in low:
+        return _missing(ts, allowed, "no installed decoder")
+    if "exceptions were raised by all available plugins" in low:
+        # "plugin: message" lines: a missing decoder only if every installed plugin declined the variant
+        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        if lines and all("does not support" in ln.lower() or "not supported" in ln.lower() for ln in lines):
+            return _missing(ts, allowed, "installed decoders cannot decode this variant")
+    elif "does not support" in low or "not supported" in low:
+        return _missing(ts, allowed, "installed decoders cannot decode this variant")
+    if any(k in low for k in ("too short", "truncat", "not enough", "reshape", "insufficient", "expected length",
+                              "no more", "end of file", "unexpected eof", "fewer frames", "frame index")):
+        return DecodeError(Reason.TRUNCATED_PIXEL_DATA, msg[:200])
+    if "exceptions were raised by all available plugins" in low or "decompression bomb" in low:
+        return DecodeError(Reason.CORRUPT_CODESTREAM, msg[:200])
+    if isinstance(exc, (AttributeError, KeyError, TypeError)):
+        return DecodeError(Reason.INVALID_FILE, msg[:200])
+    return DecodeError(Reason.DECODE_ERROR, f"{type(exc).__name__}: {msg[:200]}")
+
+
+def _plugins_to_try(ts: str, allowed: tuple[str, ...] | None) -> list[str]:
+    """Decoder plugin names to pass to pydicom, ``[""]`` meaning "let pydicom try all installed ones"."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        dec = get_decoder(ts)
+    except NotImplementedError:
+        from pydicom.uid import UID
+
+        raise DecodeError(Reason.MISSING_DECODER, f"pydicom has no decoder for {UID(ts).name}") from None
+    if dec.is_native or allowed is None:
+        return [""]
+    usable = [p for p in dec.available_plugins if p in allowed]
+    if not usable:
+        raise _missing(ts, allowed, "no installed decoder")
+    return usable
+
+
+def decode_frames(
+    path: Path, transfer_syntax: str, frames: list[int], allowed: tuple[str, ...] | None = None, forced: bool = False
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the given frames of one file, each mapped to float32 in [0, 1].
+
+    Reads only what the frames need: pydicom reads the header up to Pixel Data and decodes the indexed frames.
+
+    Args:
+        path: the file (opened read-only).
+        transfer_syntax: its Transfer Syntax UID (inferred from the encoding for forced reads).
+        frames: 0-based frame indices, ascending.
+        allowed: decoder plugin allow-list (``None``: any installed plugin).
+        forced: the file has no file meta; pass the transfer syntax explicitly.
+
+    Raises:
+        DecodeError: with the reason category when the pixels cannot be decoded.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import iter_pixels
+
+    errors: list[DecodeError] = []
+    for plugin in _plugins_to_try(transfer_syntax, allowed):
+        out: list[tuple[int, np.ndarray]] = []
+        try:
+            if transfer_syntax == _DEFLATED:  # the pixel data sits inside the deflated stream: read it all
+                hdr = pydicom.dcmread(path)
+                source: Any = hdr
+                kwargs: dict[str, Any] = {}
+            else:
+                hdr = Dataset()
+                source = path
+                kwargs = {"ds_out": hdr, "specific_tags": _FG_TAGS}
+                if forced:
+                    kwargs["transfer_syntax_uid"] = transfer_syntax
+            for frame, arr in zip(frames, iter_pixels(source, indices=frames, decoding_plugin=plugin, **kwargs), strict=False):
+                out.append((frame, to_unit_range(arr, hdr, frame)))
+            if len(out) < len(frames):
+                raise DecodeError(Reason.TRUNCATED_PIXEL_DATA, f"decoded {len(out)} of {len(frames)} requested frames")
+        except Exception as exc:  # every codec failure becomes a reason, never an escaping exception
+            err = _classify(exc, transfer_syntax, allowed)
+            out = [] if err.reason is Reason.MISSING_DECODER else _decode_whole(path, frames, plugin, forced, transfer_syntax)
+            if not out:
+                errors.append(err)
+                continue
+        yield from out
+        return
+    raise errors[0] if len(errors) == 1 else _merge(errors)
+
+
+def _decode_whole(path: Path, frames: list[int], plugin: str, forced: bool, ts: str) -> list[tuple[int, np.ndarray]]:
+    """Second try on a full read: pydicom's dataset path tolerates some encodings the streaming path rejects
+    (e.g. encapsulated pixel data stored with a defined length). Bounded by the header size checks of the scan."""
+    import pydicom
+    from pydicom.pixels import iter_pixels
+
+    try:
+        if path.stat().st_size > _WHOLE_READ_LIMIT:
+            return []
+        ds = pydicom.dcmread(path, force=forced)
+        if forced and "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = ts
+        arrs = list(iter_pixels(ds, indices=frames, decoding_plugin=plugin))
+        if len(arrs) < len(frames):
+            return []
+        return [(f, to_unit_range(a, ds, f)) for f, a in zip(frames, arrs, strict=True)]
+    except Exception:
+        return []
+
+
+def _merge(errors: list[DecodeError]) -> DecodeError:
+    for reason in (Reason.MISSING_DECODER, Reason.TRUNCATED_PIXEL_DATA):
+        if any(e.reason is reason for e in errors):
+            return next(e for e in errors if e.reason is reason)
+    return errors[0]
+
+
+def _flatten(hdr: Any, frame: int) -> Any:
+    """Copy the Modality/VOI attributes of one frame of an Enhanced object to the top level."""
+    from pydicom.dataset import Dataset
+
+    shared = hdr.get("SharedFunctionalGroupsSequence", None)
+    per_frame = hdr.get("PerFrameFunctionalGroupsSequence", None)
+    if not shared and not per_frame:
+        return hdr
+    flat = Dataset()
+    flat.update(hdr)
+    groups = []
+    if shared:
+        groups.append(shared[0])
+    if per_frame and frame < len(per_frame):
+        groups.append(per_frame[frame])
+    for group in groups:  # per-frame values override shared ones
+        for seq_name in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            seq = group.get(seq_name, None)
+            if seq:
+                for elem in seq[0]:
+                    flat[elem.tag] = elem
+    return flat
+
+
+def _first(value: Any) -> float:
+    if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (str, bytes)):
+        value = value[0]
+    return float(value)
+
+
+def _window(x: np.ndarray, ds: Any) -> np.ndarray | None:
+    """Linear / linear-exact / sigmoid windowing straight to [0, 1]; ``None`` if the window is absent or invalid."""
+    try:
+        center = _first(ds.WindowCenter)
+        width = _first(ds.WindowWidth)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if func == "SIGMOID":
+        if width <= 0:
+            return None
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if func == "LINEAR_EXACT":
+        if width <= 0:
+            return None
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:
+        return None
+    return np.clip((x - (center - 0.5)) / (width - 1 if width > 1 else 1.0) + 0.5, 0.0, 1.0)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = np.where(finite, x, 0.0)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x, dtype=np.float64)
+    return (x - lo) / (hi - lo)
+
+
+def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0) -> np.ndarray:
+    """Map one decoded frame to float32 in [0, 1], (H, W) for monochrome or (H, W, 3) for colour.
+
+    Monochrome: modality LUT (rescale or LUT), then VOI LUT or window (first one), else min-max; MONOCHROME1 is
+    inverted. Palette colour goes through its LUT; YBR has already been converted to RGB by pydicom; colour is
+    scaled by its bit depth.
+
+    Args:
+        arr: one decoded frame from pydicom.
+        hdr: the dataset holding the Image Pixel, Modality LUT and VOI LUT attributes.
+        frame: the frame index (for per-frame functional groups).
+    """
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+
+    photometric = str(hdr.get("PhotometricInterpretation", "") or "").upper().strip()
+    if arr.dtype.kind == "f":  # Float / Double Float Pixel Data: no LUTs apply
+        out = _minmax(arr.astype(np.float64))
+    elif photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, hdr)
+        scale = 255.0 if rgb.dtype == np.uint8 or float(rgb.max()) <= 255 else 65535.0
+        out = rgb.astype(np.float64) / scale
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        bits = int(hdr.get("BitsStored", 0) or hdr.get("BitsAllocated", 8) or 8)
+        scale = float(2**bits - 1) if bits <= 32 else float(arr.max() or 1)
+        out = arr[..., :3].astype(np.float64) / scale
+        if float(out.max()) > 1.0:  # BitsStored lied: fall back to the data range
+            out = _minmax(arr[..., :3].astype(np.float64))
+    elif arr.ndim == 2:
+        ds = _flatten(hdr, frame)
+        x = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
+        out = None
+        voi = ds.get("VOILUTSequence", None)
+        if voi and voi[0].get("LUTDescriptor") and voi[0].get("LUTData") is not None:
+            try:
+                y = apply_voi(np.rint(x).astype(np.int64), ds)
+                out = np.clip(y.astype(np.float64) / float(2 ** int(voi[0].LUTDescriptor[2]) - 1), 0.0, 1.0)
+            except Exception:  # malformed VOI LUT: fall back to the window
+                out = None
+        if out is None:
+            out = _window(x, ds)
+        if out is None:
+            out = _minmax(x)
+        if photometric == "MONOCHROME1":
+            out = 1.0 - out
+    else:
+        raise DecodeError(Reason.UNSUPPORTED_IMAGE, f"unsupported pixel layout {arr.shape} ({photometric or 'no photometric'})")
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)

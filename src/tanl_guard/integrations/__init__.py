@@ -1,0 +1,1 @@
+"""Integrations of tanl_guard with third-party frameworks (MONAI, MLflow)."""

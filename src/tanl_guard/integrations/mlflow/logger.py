@@ -1,0 +1,551 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""``AuditLogger``: one MLflow run per screening, journalled locally first, delivered in bounded batches."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tanl_guard._optional import optional_import
+
+from .config import AuditConfig
+from .delivery import RUN_KEY_TAG, DeliveryResult, deliver, make_client
+from .journal import DeliveryMarker, Journal, new_run_key
+from .params import MAX_TAG_VALUE_LENGTH, config_sha256, flatten_params, package_version, truncate
+from .privacy import check_hashed_key, check_no_phi
+from .records import normalise_verdict_record
+from .snapshot import selection_churn, to_json_safe
+
+__all__ = ["AuditLogger", "RUN_STATUSES"]
+
+logger = logging.getLogger(__name__)
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_COUNT_METRICS = {"accept": "screen/accepted", "reject": "screen/rejected", "unreadable": "screen/unreadable"}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _to_uint8_image(image: Any) -> Any:
+    np = optional_import("numpy", "numpy")
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channel-first (MONAI/torch) -> channel-last (PIL)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"a thumbnail must be a 2D grey or 3D colour image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        finite = np.isfinite(arr)
+        lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 1.0)
+        arr = np.where(finite, arr, lo)
+        arr = ((arr - lo) / (hi - lo) * 255.0) if hi > lo else np.zeros_like(arr)
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return arr
+
+
+class AuditLogger:
+    """Audit trail of one screening run in MLflow; nothing is lost when MLflow is slow or down.
+
+    Every call writes to a local JSON Lines journal first (fsync'd) and returns; entries go to MLflow in
+    batches from a background thread, with retries and back-off. ``flush``, ``start`` and ``finish`` wait at
+    most ``config.flush_timeout_s``: whatever has not arrived by then stays pending in the journal and is
+    delivered by a later flush, or back-filled by the next run (:meth:`backfill`) into its original run.
+
+    Example::
+
+        with AuditLogger(AuditConfig(run_name="nightly")) as audit:
+            audit.start(params={"tanl": {"alpha": 0.5}}, tags={"encoder.id": "biomedclip"})
+            audit.log_verdicts(records, step=64)
+            audit.log_state({"selected_negatives": [...], "threshold": 0.41}, step=64)
+            audit.log_artifact_file("final.pt", "state")
+
+    Args:
+        config: where and how to log; the default logs to ``sqlite:///<cwd>/mlflow.db``.
+    """
+
+    def __init__(self, config: AuditConfig | None = None) -> None:
+        optional_import("mlflow", "mlflow", "the MLflow audit trail")  # fail here, not silently in a thread
+        self.config = config or AuditConfig()
+        self.tracking_uri = self.config.resolved_tracking_uri()
+        self.journal_dir = self.config.resolved_journal_dir()
+        self.last_error: str | None = None
+        self._journal: Journal | None = None
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._worker_done = threading.Event()
+        self._worker_done.set()
+        self._dirty = False
+        self._finished = False
+        self._release_when_idle = False
+        self._run_id: str | None = None
+        self._delivered = 0  # journal lines delivered (the marker offset)
+        self._lines: list[tuple[str, int]] = []  # (kind, verdict records) per journal line
+        self._counts = dict.fromkeys(_COUNT_METRICS, 0)
+        self._screened = 0
+        self._unflushed = 0
+        self._prev_negatives: list[str] | None = None
+        self._n_files = 0
+
+    # ---- properties --------------------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id; ``None`` before ``start`` or while MLflow could not be reached to create it."""
+        return self._run_id
+
+    @property
+    def run_key(self) -> str | None:
+        """The local run key naming the journal (``<journal_dir>/<run_key>.jsonl``)."""
+        return None if self._journal is None else self._journal.key
+
+    @property
+    def journal_path(self) -> Path | None:
+        """Path of this run's journal file."""
+        return None if self._journal is None else self._journal.path
+
+    @property
+    def pending(self) -> dict[str, int]:
+        """Journal entries not yet in MLflow: ``entries`` (all kinds), ``records`` (verdict records) and one
+        count per entry kind (``start``, ``params``, ``tags``, ``verdicts``, ``metrics``, ``state``,
+        ``artifact``, ``end``)."""
+        out = {"entries": 0, "records": 0}
+        for kind, records in self._lines[self._delivered :]:
+            out["entries"] += 1
+            out["records"] += records
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def start(
+        self,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        resume_run_id: str | None = None,
+    ) -> str | None:
+        """Open the run: back-fill earlier pending journals, journal the params and tags, create the run
+        (waiting at most ``config.start_timeout_s``).
+
+        Tags added automatically: ``tanl_guard.version``, ``config.sha256`` (of ``params``, unless given) and
+        ``tanl_guard.run_key``. Pass ``encoder.id``, ``encoder.weights_sha256``, ``corpus.sha256``,
+        ``classifier.id`` and ``site`` in ``tags``.
+
+        Args:
+            params: every setting, nested mappings allowed (flattened to ``a.b.c`` keys).
+            tags: run tags (values are converted to text).
+            resume_run_id: log into this existing run instead of creating one (``screen --resume``).
+
+        Returns:
+            The run id, or ``None`` when MLflow could not be reached within ``start_timeout_s``; the run is then
+            created by a later flush or back-fill, and everything logged meanwhile goes to it.
+
+        Raises:
+            RuntimeError: when called twice.
+            ValueError: for patient-identifying keys in ``params`` or ``tags``.
+        """
+        if self._journal is not None:
+            raise RuntimeError("AuditLogger.start() was already called; use one logger per run")
+        params = dict(params or {})
+        tags = dict(tags or {})
+        check_no_phi(params, "params")
+        check_no_phi(tags, "tags")
+        flat = flatten_params(params)
+        if self.config.backfill_on_start:
+            self.backfill()
+        key = new_run_key()
+        run_tags = {"tanl_guard.version": package_version(), "config.sha256": config_sha256(params)}
+        run_tags.update({str(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in tags.items()})
+        run_tags[RUN_KEY_TAG] = key
+        header = {
+            "tracking_uri": self.tracking_uri,
+            "experiment": self.config.experiment,
+            "run_name": self.config.run_name,
+            "artifact_location": self.config.resolved_artifact_location(),
+            "run_id": resume_run_id,
+            "resume_run_id": resume_run_id,
+        }
+        self._journal = Journal.create(self.journal_dir, key, header)
+        self._run_id = resume_run_id
+        self._lines.append(("start", 0))
+        entries: list[dict[str, Any]] = []
+        if flat:
+            entries.append({"kind": "params", "params": flat})
+        entries.append({"kind": "tags", "tags": run_tags})
+        self._append(entries)
+        if params:
+            self.log_dict(params, "config/run_params.json")
+        if resume_run_id:
+            self._seed_counts(resume_run_id)
+        self.flush(timeout_s=self.config.start_timeout_s)
+        return self._run_id
+
+    def finish(self, status: str = "FINISHED") -> bool:
+        """Close the run: journal the end status, flush (bounded) and release the journal.
+
+        Also uploads ``corpus/selected_negatives.txt`` when :meth:`log_state` saw ``selected_negatives``.
+
+        Args:
+            status: ``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``.
+
+        Returns:
+            ``True`` when everything reached MLflow; ``False`` when entries stay pending for a back-fill.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        if self._journal is None or self._finished:
+            return self.pending["entries"] == 0
+        if self._prev_negatives is not None:
+            self._log_text("\n".join(self._prev_negatives) + "\n", "corpus/selected_negatives.txt")
+        self._append([{"kind": "end", "status": status}])
+        self._finished = True
+        self.flush()
+        self._worker_done.wait(self.config.flush_timeout_s)
+        with self._lock:
+            if self._worker is None:
+                self._journal.unlock()
+            else:  # delivery still running: the worker releases the journal when it stops
+                self._release_when_idle = True
+        pending = self.pending
+        if pending["entries"]:
+            logger.warning(
+                "audit run %s: %d journal entries (%d verdict records) not yet in MLflow; kept in %s and "
+                "back-filled by the next run",
+                self.run_key,
+                pending["entries"],
+                pending["records"],
+                self._journal.path,
+            )
+        return pending["entries"] == 0
+
+    def __enter__(self) -> AuditLogger:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._journal is not None and not self._finished:
+            self.finish("FAILED" if exc_type is not None else "FINISHED")
+
+    # ---- logging -----------------------------------------------------------------------------------------
+    def log_verdicts(self, records: Iterable[Mapping[str, Any]], step: int | None = None) -> None:
+        """Journal per-study verdict records and the screening metrics at ``step``.
+
+        Metrics logged (step = studies screened): ``screen/accepted``, ``screen/rejected``,
+        ``screen/unreadable`` (cumulative counts), ``screen/studies``, ``screen/reject_rate`` (rejected over
+        accepted + rejected: unreadable studies are not judged), ``gate/id_score_mean`` (this batch) and
+        ``gate/threshold`` (the last threshold in this batch), unless ``config.auto_metrics`` is off. Flushes
+        when ``batch_size`` records are waiting.
+
+        Args:
+            records: study records in the ``screen --json`` format (hashed study/series keys only).
+            step: studies screened so far, including these; defaults to the running count.
+
+        Raises:
+            ValueError: for patient-identifying keys, raw UIDs or malformed records (nothing is journalled).
+        """
+        self._require_started()
+        recs = [normalise_verdict_record(r) for r in records]
+        if not recs:
+            return
+        step = self._screened + len(recs) if step is None else int(step)
+        self._screened = max(self._screened + len(recs), step)
+        for rec in recs:
+            rec.setdefault("step", step)
+            if rec.get("step") is None:
+                rec["step"] = step
+            self._counts[rec["verdict"]] += 1
+        metrics: dict[str, float] = {name: float(self._counts[v]) for v, name in _COUNT_METRICS.items()}
+        judged = self._counts["accept"] + self._counts["reject"]
+        metrics["screen/studies"] = float(sum(self._counts.values()))
+        metrics["screen/reject_rate"] = self._counts["reject"] / judged if judged else 0.0
+        scores = [r["id_score"] for r in recs if r.get("id_score") is not None]
+        if scores:
+            metrics["gate/id_score_mean"] = sum(scores) / len(scores)
+        thresholds = [r["threshold"] for r in recs if r.get("threshold") is not None]
+        if thresholds:
+            metrics["gate/threshold"] = thresholds[-1]
+        entries: list[dict[str, Any]] = [{"kind": "verdicts", "step": step, "records": recs}]
+        if self.config.auto_metrics:
+            entries.append({"kind": "metrics", "step": step, "metrics": metrics})
+        self._append(entries)
+        self._unflushed += len(recs)
+        if self._unflushed >= self.config.batch_size:
+            self.flush()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Journal extra metrics at ``step`` (default: studies screened so far).
+
+        Args:
+            metrics: metric name -> number (non-numeric values are refused; NaN is allowed).
+            step: the step.
+        """
+        self._require_started()
+        check_no_phi(dict(metrics), "metrics")
+        values = {str(k): float(v) for k, v in metrics.items()}
+        if values:
+            self._append(
+                [{"kind": "metrics", "step": self._screened if step is None else int(step), "metrics": values}]
+            )
+
+    def log_state(self, snapshot: Mapping[str, Any], step: int | None = None) -> None:
+        """Journal a detector/guard snapshot, uploaded as ``state/step_<n>.json`` (n zero-padded to 6 digits).
+
+        Recognised keys also give metrics (unless ``config.auto_metrics`` is off): ``selected_negatives`` (a list of names) ->
+        ``state/negatives_churn`` (Jaccard distance to the previous snapshot's selection, see
+        :func:`selection_churn`); ``queue_sizes`` (``{"pos": n, "neg": m}``) or ``pos_queue``/``neg_queue`` ->
+        ``state/pos_queue``, ``state/neg_queue``.
+
+        Args:
+            snapshot: any JSON-safe mapping (numpy/torch values are converted).
+            step: studies screened when it was taken (default: the running count).
+        """
+        self._require_started()
+        check_no_phi(snapshot, "state snapshot")
+        data = to_json_safe(dict(snapshot))
+        step = self._screened if step is None else int(step)
+        metrics: dict[str, float] = {}
+        negatives = data.get("selected_negatives")
+        if isinstance(negatives, list):
+            negatives = [str(n) for n in negatives]
+            if self._prev_negatives is not None:
+                metrics["state/negatives_churn"] = selection_churn(self._prev_negatives, negatives)
+            self._prev_negatives = negatives
+        queues = dict(data.get("queue_sizes") or {}) if isinstance(data.get("queue_sizes"), dict) else {}
+        for name in ("pos", "neg"):
+            value = data.get(f"{name}_queue", queues.get(name))
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                metrics[f"state/{name}_queue"] = float(value)
+        entries: list[dict[str, Any]] = [{"kind": "state", "step": step, "snapshot": data}]
+        if metrics and self.config.auto_metrics:
+            entries.append({"kind": "metrics", "step": step, "metrics": metrics})
+        self._append(entries)
+
+    def log_artifact_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Journal a file for upload, e.g. the final detector state ``state/final.pt`` for ``--resume``.
+
+        The file is copied into the journal folder first, so it survives until delivered.
+
+        Args:
+            path: the local file.
+            artifact_path: folder in the run's artifacts (``None``: the root), e.g. ``"state"``.
+        """
+        self._require_started()
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"no such file: {source}")
+        rel = self._blob_path(source.name)
+        shutil.copyfile(source, self._journal.files_dir / rel)
+        self._fsync_file(self._journal.files_dir / rel)
+        self._append([{"kind": "artifact", "file": rel, "artifact_path": artifact_path}])
+
+    def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
+        """Journal a JSON artifact, e.g. ``config/tanl_config.json``.
+
+        Args:
+            obj: a JSON-safe mapping (converted with :func:`to_json_safe`).
+            artifact_file: run-relative path ending in ``.json``.
+        """
+        import json
+
+        self._require_started()
+        check_no_phi(obj, artifact_file)
+        self._log_text(json.dumps(to_json_safe(dict(obj)), sort_keys=True, indent=1), artifact_file)
+
+    def log_thumbnail(self, image: Any, study_key: str) -> bool:
+        """Upload ``audit/rejected/<study_key>.png`` when ``config.log_thumbnails`` is on; otherwise do nothing.
+
+        Off by default: pixels can carry burned-in patient data. Log thumbnails of rejected studies only.
+
+        Args:
+            image: 2D grey or 3D colour array (H, W[, C] or C, H, W; numpy or torch); non-uint8 values are
+                min-max scaled to 0-255.
+            study_key: the study's hashed key.
+
+        Returns:
+            Whether a thumbnail was journalled.
+        """
+        self._require_started()
+        if not self.config.log_thumbnails:
+            return False
+        check_hashed_key(study_key, "study_key")
+        pil = optional_import("PIL.Image", "dicom", "thumbnails")
+        rel = self._blob_path(f"{study_key}.png")
+        target = self._journal.files_dir / rel
+        pil.fromarray(_to_uint8_image(image)).save(target, format="PNG")
+        self._fsync_file(target)
+        self._append([{"kind": "artifact", "file": rel, "artifact_path": "audit/rejected"}])
+        return True
+
+    # ---- delivery ----------------------------------------------------------------------------------------
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Send pending entries to MLflow, waiting at most ``timeout_s`` (default ``config.flush_timeout_s``).
+
+        When a delivery is already running (MLflow slow or down) this returns at once: that delivery picks up
+        the new entries when it finishes.
+
+        Args:
+            timeout_s: the longest to wait for a delivery started by this call.
+
+        Returns:
+            ``True`` when nothing is pending afterwards.
+        """
+        if self._journal is None:
+            return True
+        self._unflushed = 0
+        with self._lock:
+            self._dirty = True
+            started = self._worker is None
+            if started:
+                self._worker_done.clear()
+                self._worker = threading.Thread(target=self._deliver_loop, name="tanl-guard-audit", daemon=True)
+                self._worker.start()
+        if started:
+            self._worker_done.wait(self.config.flush_timeout_s if timeout_s is None else timeout_s)
+        return self.pending["entries"] == 0
+
+    def backfill(self, timeout_s: float | None = None) -> list[DeliveryResult]:
+        """Deliver entries left pending by earlier runs to their original runs (creating runs never created).
+
+        Scans the journal folder; skips complete journals and journals locked by a live logger. A journal
+        whose writer died without ``finish`` is delivered and its run closed as ``KILLED``. Each journal goes
+        to the store recorded in its header. Waits at most ``timeout_s`` (default
+        ``config.backfill_timeout_s``); the rest continues in the background.
+
+        Args:
+            timeout_s: the longest to wait.
+
+        Returns:
+            One result per journal processed within the wait.
+        """
+        results: list[DeliveryResult] = []
+        done = threading.Event()
+        own = None if self._journal is None else self._journal.path
+
+        def work() -> None:
+            clients: dict[str, Any] = {}
+            try:
+                for journal in Journal.scan(self.journal_dir):
+                    if journal.path == own or journal.load_marker().complete:
+                        continue
+                    if not journal.try_lock():  # a live logger (here or in another process) owns it
+                        continue
+                    try:
+                        uri = journal.header().get("tracking_uri") or self.tracking_uri
+                        if uri not in clients:
+                            clients[uri] = (
+                                self._client if uri == self.tracking_uri and self._client else make_client(uri)
+                            )
+                        results.append(
+                            deliver(
+                                journal,
+                                clients[uri],
+                                max_retries=self.config.max_retries,
+                                backoff_s=self.config.retry_backoff_s,
+                                backfill=True,
+                                close_abandoned=True,
+                            )
+                        )
+                    finally:
+                        journal.unlock()
+            except Exception as exc:  # never let the audit trail break screening
+                logger.warning("audit back-fill stopped: %s", exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="tanl-guard-backfill", daemon=True).start()
+        done.wait(self.config.backfill_timeout_s if timeout_s is None else timeout_s)
+        return list(results)
+
+    # ---- internals ---------------------------------------------------------------------------------------
+    def _require_started(self) -> None:
+        if self._journal is None:
+            raise RuntimeError("call AuditLogger.start() first")
+        if self._finished:
+            raise RuntimeError("the audit run is finished")
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        self._journal.append(entries)
+        self._lines.extend((e["kind"], len(e.get("records") or []) if e["kind"] == "verdicts" else 0) for e in entries)
+
+    def _blob_path(self, name: str) -> str:
+        self._n_files += 1
+        rel = f"{self._n_files:06d}/{_SAFE_NAME.sub('_', name)}"
+        (self._journal.files_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        return rel
+
+    @staticmethod
+    def _fsync_file(path: Path) -> None:
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+    def _log_text(self, text: str, artifact_file: str) -> None:
+        folder, _, name = artifact_file.rpartition("/")
+        rel = self._blob_path(name)
+        target = self._journal.files_dir / rel
+        target.write_text(text, encoding="utf-8")
+        self._fsync_file(target)
+        self._append([{"kind": "artifact", "file": rel, "artifact_path": folder or None}])
+
+    def _seed_counts(self, run_id: str) -> None:
+        # Continue the cumulative counts of a resumed run; bounded, and harmless to skip when MLflow is down.
+        box: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                box["metrics"] = self._get_client().get_run(run_id).data.metrics
+            except Exception as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(self.config.flush_timeout_s)
+        metrics = box.get("metrics")
+        if metrics is None:
+            logger.warning("could not read run %s to resume its counts; counting from 0", run_id)
+            return
+        for verdict, name in _COUNT_METRICS.items():
+            self._counts[verdict] = int(metrics.get(name, 0))
+        self._screened = int(metrics.get("screen/studies", sum(self._counts.values())))
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            self._client = make_client(self.tracking_uri)
+        return self._client
+
+    def _on_progress(self, marker: DeliveryMarker) -> None:
+        self._delivered = marker.offset
+        self._run_id = marker.run_id or self._run_id
+
+    def _deliver_loop(self) -> None:
+        while True:
+            with self._lock:
+                self._dirty = False
+            try:
+                result = deliver(
+                    self._journal,
+                    self._get_client(),
+                    max_retries=self.config.max_retries,
+                    backoff_s=self.config.retry_backoff_s,
+                    on_progress=self._on_progress,
+                )
+                self.last_error = result.error
+                self._run_id = result.run_id or self._run_id
+            except Exception as exc:  # e.g. mlflow missing: keep everything journalled
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("audit delivery failed: %s", self.last_error)
+                result = None
+            with self._lock:
+                if result is not None and result.error is None and self._dirty:
+                    continue  # entries arrived while delivering: go round again
+                self._worker = None
+                if self._release_when_idle and self._journal is not None:
+                    self._journal.unlock()
+                self._worker_done.set()
+                return

@@ -1,0 +1,93 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""Framework-independent helpers for detector-state snapshots: JSON-safe conversion and selection churn."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import PurePath
+from typing import Any
+
+__all__ = ["to_json_safe", "snapshot_to_json", "state_artifact_name", "selection_churn"]
+
+
+def to_json_safe(obj: Any) -> Any:
+    """Convert ``obj`` to plain JSON types.
+
+    Mappings become dicts with string keys; tuples, lists and sets become lists (sets sorted when possible);
+    numpy/torch scalars and arrays go through ``tolist()``; dataclasses through ``asdict``; paths become
+    strings; non-finite floats become ``None`` (strict JSON has no NaN); anything else becomes ``str(obj)``.
+
+    Args:
+        obj: any object, typically a detector/guard snapshot.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): to_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (set, frozenset)):
+        items = [to_json_safe(v) for v in obj]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(obj, (list, tuple)):
+        return [to_json_safe(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_json_safe(dataclasses.asdict(obj))
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if hasattr(obj, "detach"):  # torch tensors: leave the graph and the device first
+        obj = obj.detach().cpu()
+    if hasattr(obj, "tolist"):  # numpy/torch arrays and scalars
+        return to_json_safe(obj.tolist())
+    if hasattr(obj, "item"):
+        return to_json_safe(obj.item())
+    return str(obj)
+
+
+def snapshot_to_json(snapshot: Mapping[str, Any], step: int | None = None) -> str:
+    """Serialise a detector/guard snapshot to the JSON text written at ``state/step_<n>.json``.
+
+    The snapshot is generic: any mapping, e.g. ``{"selected_negatives": [...], "threshold": 0.42,
+    "queue_sizes": {"pos": 12, "neg": 40}}``. ``step`` is added under ``"step"`` when given.
+
+    Args:
+        snapshot: the state to record.
+        step: studies screened when the snapshot was taken.
+    """
+    data = to_json_safe(dict(snapshot))
+    if step is not None:
+        data["step"] = int(step)
+    return json.dumps(data, sort_keys=True, indent=1, allow_nan=False)
+
+
+def state_artifact_name(step: int) -> str:
+    """File name of a snapshot in the run's ``state/`` folder: ``step_<n>.json``, zero-padded to 6 digits.
+
+    Args:
+        step: studies screened when the snapshot was taken.
+    """
+    return f"step_{int(step):06d}.json"
+
+
+def selection_churn(prev: Iterable[str] | None, cur: Iterable[str] | None) -> float:
+    """Jaccard distance ``1 - |A & B| / |A | B|`` between two selected-negative sets.
+
+    0 means the selection did not change, 1 that it was replaced entirely. Two empty sets give 0.
+
+    Args:
+        prev: previously selected negative labels (``None`` is the empty set).
+        cur: currently selected negative labels.
+    """
+    a, b = set(prev or ()), set(cur or ())
+    union = a | b
+    if not union:
+        return 0.0
+    return 1.0 - len(a & b) / len(union)

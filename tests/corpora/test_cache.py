@@ -1,0 +1,122 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from tanl_guard.corpora import CacheWarning, Corpus, cache_path, default_cache_dir, embed_corpus, load_corpus
+
+from .conftest import CountingEncoder
+
+
+@pytest.fixture(scope="module")
+def small_corpus():
+    return load_corpus("wordnet").subset(range(0, 60000, 2000)) + load_corpus("dicom:cid=29").subset(range(10))
+
+
+def test_second_load_hits_cache(counting_encoder, small_corpus, tmp_path):
+    first = embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    assert counting_encoder.calls == 1
+    assert first.shape[0] == len(small_corpus) and first.dtype == torch.float32
+    assert torch.allclose(first.norm(dim=1), torch.ones(len(small_corpus)), atol=1e-5)
+    second = embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    assert counting_encoder.calls == 1
+    assert torch.equal(first, second)
+    files = list(tmp_path.iterdir())
+    assert files == [cache_path(counting_encoder, small_corpus, tmp_path)]  # no temp files left behind
+
+
+def test_corrupt_file_detected_and_rebuilt(counting_encoder, small_corpus, tmp_path):
+    reference = embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    path = cache_path(counting_encoder, small_corpus, tmp_path)
+    blob = torch.load(path, weights_only=True)
+    blob["embeddings"][0, 0] += 0.5  # silent bit rot in the data: only the checksum can tell
+    torch.save(blob, path)
+    with pytest.warns(CacheWarning, match="checksum"):
+        rebuilt = embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    assert counting_encoder.calls == 2 and torch.allclose(rebuilt, reference, atol=1e-6)
+    path.write_bytes(path.read_bytes()[:200])  # truncated file
+    with pytest.warns(CacheWarning):
+        embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    assert counting_encoder.calls == 3
+    assert embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False).shape == reference.shape
+    assert counting_encoder.calls == 3
+
+
+def test_mismatched_header_is_rebuilt(counting_encoder, small_corpus, tmp_path):
+    embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    path = cache_path(counting_encoder, small_corpus, tmp_path)
+    blob = torch.load(path, weights_only=True)
+    blob["header"]["encoder_id"] = "someone-else"
+    torch.save(blob, path)
+    with pytest.warns(CacheWarning, match="encoder_id"):
+        embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    assert counting_encoder.calls == 2
+
+
+def test_key_changes_file(text_encoder, small_corpus, tmp_path):
+    a, b = CountingEncoder(text_encoder), CountingEncoder(text_encoder, encoder_id="other-encoder")
+    assert cache_path(a, small_corpus, tmp_path) != cache_path(b, small_corpus, tmp_path)
+    other_corpus = small_corpus.subset(range(len(small_corpus) - 1))
+    assert cache_path(a, small_corpus, tmp_path) != cache_path(a, other_corpus, tmp_path)
+    assert cache_path(a, small_corpus, tmp_path) != cache_path(a, small_corpus, tmp_path, templates={"noun": "a {}"})
+    assert cache_path(a, small_corpus, tmp_path) != cache_path(a, small_corpus, tmp_path, dtype="float16")
+    embed_corpus(a, small_corpus, cache_dir=tmp_path, progress=False)
+    embed_corpus(b, small_corpus, cache_dir=tmp_path, progress=False)
+    assert a.calls == b.calls == 1 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_float16_store(counting_encoder, small_corpus, tmp_path):
+    full = embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False)
+    half = embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False, dtype="float16")
+    again = embed_corpus(counting_encoder, small_corpus, cache_dir=tmp_path, progress=False, dtype="float16")
+    assert counting_encoder.calls == 2 and torch.equal(half, again)
+    assert half.dtype == torch.float32 and (half - full).abs().max() < 2e-3
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TANL_GUARD_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "corpus_embeddings"
+    monkeypatch.delenv("TANL_GUARD_CACHE")
+    assert ".cache" in str(default_cache_dir())
+
+
+def test_encoder_without_provenance_rejected(small_corpus, tmp_path):
+    class Anonymous:
+        def encode_texts(self, texts, batch_size=None, progress=False):
+            return torch.zeros(len(texts), 4)
+
+    with pytest.raises(TypeError, match="id"):
+        embed_corpus(Anonymous(), small_corpus, cache_dir=tmp_path)
+
+
+class RandomEncoder:
+    """Instant stand-in with the embedding size of a CLIP text tower, for the full-size cache timing."""
+
+    id = "test:random-512"
+    weights_sha256 = "0" * 64
+
+    def encode_texts(self, texts, batch_size=None, progress=False):
+        generator = torch.Generator().manual_seed(0)
+        return torch.nn.functional.normalize(torch.randn(len(texts), 512, generator=generator), dim=-1)
+
+
+@pytest.mark.slow
+def test_full_wordnet_cache_loads_fast(tmp_path):
+    corpus = load_corpus("wordnet")
+    encoder = RandomEncoder()
+    built = embed_corpus(encoder, corpus, cache_dir=tmp_path, progress=False)
+    start = time.perf_counter()
+    loaded = embed_corpus(encoder, corpus, cache_dir=tmp_path, progress=False)
+    elapsed = time.perf_counter() - start
+    assert torch.equal(built, loaded)
+    assert elapsed < 2.0, f"loading a {len(corpus)}-label cache took {elapsed:.2f} s"
+
+
+def test_corpus_embedding_matches_direct_encoding(text_encoder, tmp_path):
+    corpus = Corpus.from_labels(["teapot", "red", "Brain"], kind=["noun", "adjective", "concept"])
+    cached = embed_corpus(text_encoder, corpus, cache_dir=tmp_path, progress=False)
+    direct = text_encoder.encode_texts(["The nice teapot.", "This is a red photo.", "A medical image of Brain."])
+    assert torch.allclose(cached, torch.nn.functional.normalize(direct.float(), dim=-1), atol=1e-5)

@@ -1,0 +1,141 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""OODAuditHandler: a real SQLite MLflow store beside MONAI's MLFlowHandler on the same run, and a bare Engine."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.engines import SupervisedEvaluator
+from monai.handlers import MLFlowHandler
+from monai_testing import SALT, THRESHOLD, batch_of, eval_loader, make_network
+
+from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
+from tanl_guard.integrations.monai import GuardedInferer, OODAuditHandler
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::pandas.errors.Pandas4Warning",
+    "ignore::sqlalchemy.exc.SADeprecationWarning",
+    "ignore::FutureWarning",
+)
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def _all_artifacts(client: Any, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for info in client.list_artifacts(run_id, path):
+        out.extend(_all_artifacts(client, run_id, info.path) if info.is_dir else [info.path])
+    return out
+
+
+def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment, run_name = "tanl-guard-monai", "guarded-eval"
+    audit = AuditLogger(
+        AuditConfig(
+            tracking_uri=uri,
+            experiment=experiment,
+            run_name=run_name,
+            journal_dir=tmp_path / "journal",
+            flush_timeout_s=60.0,
+            backfill_on_start=False,
+        )
+    )
+    state_path = tmp_path / "ckpt" / "guard_state.pt"
+    handler = OODAuditHandler(audit, fresh_guard, checkpoint_every=3, state_path=state_path, salt=SALT)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=eval_loader(eval_files),
+        network=make_network(),
+        inferer=GuardedInferer(guard=fresh_guard),
+    )
+    handler.attach(evaluator)  # first: its run exists when MLFlowHandler looks for an active run of that name
+    MLFlowHandler(
+        tracking_uri=uri, experiment_name=experiment, run_name=run_name, iteration_log=False, close_on_complete=True
+    ).attach(evaluator)
+    evaluator.run()
+
+    assert handler.items_seen == 6
+    assert handler.counts == {"accept": 4, "reject": 2, "flagged": 0, "classified": 4}
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_name for r in runs] == [run_name], "both handlers logged to one run"
+    run = runs[0]
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    # MONAI's handler and ours share the run: its params beside ours
+    assert run.data.params["max_epochs"] == "1"
+    assert run.data.params["guard.detector"] == "tanl"
+    assert run.data.params["monai.on_reject"] == "skip"
+    assert run.data.tags["encoder.id"].startswith("surrogate")
+    assert run.data.tags["classifier.id"] == "DenseNet"
+    metrics = run.data.metrics
+    assert metrics["screen/accepted"] == 4 and metrics["screen/rejected"] == 2
+    assert metrics["screen/reject_rate"] == pytest.approx(2 / 6)
+    assert metrics["gate/threshold"] == pytest.approx(THRESHOLD)
+    assert metrics["screen/classified"] == 4 and metrics["screen/flagged"] == 0
+    steps = [m.step for m in client.get_metric_history(run_id, "screen/rejected")]
+    assert steps == [3, 6], "stepped by items seen"
+    assert [m.value for m in client.get_metric_history(run_id, "screen/rejected")] == [1, 2]
+
+    artifacts = _all_artifacts(client, run_id)
+    assert "audit/verdicts.json" in artifacts
+    assert "state/guard_state.pt" in artifacts
+    assert {"state/step_000003.json", "state/step_000006.json"} <= set(artifacts)
+
+    table_file = Path(client.download_artifacts(run_id, "audit/verdicts.json", str(tmp_path / "dl")))
+    text = table_file.read_text(encoding="utf-8")
+    assert "DOE" not in text and ".npy" not in text and str(tmp_path) not in text  # no raw paths, no names
+    table = json.loads(text)
+    rows = [dict(zip(table["columns"], values, strict=True)) for values in table["data"]]
+    assert len(rows) == 6
+    assert [r["verdict"] for r in rows] == ["accept", "reject", "accept", "reject", "accept", "accept"]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", r["study"]) for r in rows)
+    assert len({r["study"] for r in rows}) == 6
+    assert all(r["classified"] is (r["verdict"] == "accept") for r in rows)
+
+    snapshot = json.loads(Path(client.download_artifacts(run_id, "state/step_000006.json", str(tmp_path / "s"))).read_text())
+    assert snapshot["images_screened"] == fresh_guard.n_images
+    # the uploaded checkpoint restores the guard
+    state = torch.load(state_path, weights_only=False)
+    assert state["n_images"] == fresh_guard.n_images
+    fresh_guard.load_state_dict(state)
+
+
+def test_bare_engine_without_mlflow_saves_state(fresh_guard, brain_slices, photos, tmp_path: Path):
+    """Any Ignite engine: ITERATION_COMPLETED, guard found on the inferer, state saved at the end."""
+    network = make_network()
+    inferer = GuardedInferer(guard=fresh_guard, on_reject="nan")
+
+    def step(engine: Engine, batch: dict[str, Any]) -> dict[str, Any]:
+        with torch.no_grad():
+            return {"pred": inferer(batch["image"], network)}
+
+    engine = Engine(step)
+    engine.inferer = inferer  # where the handler looks for the guard and the verdicts
+    handler = OODAuditHandler(state_path=tmp_path / "state.pt", salt=SALT)
+    handler.attach(engine)
+    batch = {"image": batch_of([brain_slices[1], photos[0]])}
+    engine.run([batch], max_epochs=1)
+
+    assert handler.items_seen == 2
+    assert handler.counts["accept"] == 1 and handler.counts["reject"] == 1
+    assert [r["verdict"] for r in handler.last_records] == ["accept", "reject"]
+    assert all(r["study"] is None for r in handler.last_records)  # no file names in the batch
+    assert handler.last_records[1]["reason"].endswith("not classified")
+    assert (tmp_path / "state.pt").is_file()
+    assert handler.last_checkpoint_step == 2
+
+
+def test_handler_arguments():
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        OODAuditHandler(checkpoint_every=-1, salt=SALT)
+    with pytest.raises(ValueError, match="event"):
+        OODAuditHandler(event="epoch", salt=SALT)
