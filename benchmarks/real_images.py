@@ -296,7 +296,7 @@ def evaluate(
             for order in orders if stateful else ("random",):
                 t0 = time.perf_counter()
                 id_scores, id_idx, ood_scores, ood_idx, fold_of, traces = [], [], [], [], [], []
-                for f, (name, stream, ref) in enumerate(folds):
+                for f, (_name, stream, ref) in enumerate(folds):
                     if setting == "text":
                         cols = b.text_anchors
                     else:

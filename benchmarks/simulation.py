@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -256,7 +255,7 @@ def run(size_name: str = "full", figures: bool | None = None, threads: int | Non
             main[name]["static_selection"] = selection_precision(det.selected.numpy(), true_words, ks)
         if name in ("neglabel", "mcm"):
             main[name]["note"] = "stateless: the score does not depend on the stream order or seed"
-    for name, entry in main.items():
+    for entry in main.values():
         vals = {k: [ps["all"][k] for ps in entry["per_seed"]] for k in ("auroc", "fpr95_id_positive", "fpr95_ood_positive")}
         entry["mean"] = {k: float(np.mean(v)) for k, v in vals.items()}
         entry["std"] = {k: float(np.std(v)) for k, v in vals.items()}

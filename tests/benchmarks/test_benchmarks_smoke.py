@@ -99,7 +99,7 @@ def test_real_image_harness(tmp_path):
     datasets = pytest.importorskip("benchmarks.datasets")
     pytest.importorskip("skimage")
     pytest.importorskip("nilearn")
-    items, skipped = datasets.build_track_a(slices_per_volume=4, fetch=False, verbose=False)
+    items, skipped = datasets.build_track_a(slices_per_volume=4, fetch=False, verbose=False, quick=True)
     keep = [it for it in items if it.tier == "id" or it.group in ("photo / texture", "CT", "fundus")]
     if sum(it.tier == "id" for it in keep) < 4 or len({it.volume for it in keep if it.tier == "id"}) < 2:
         pytest.skip("fewer than two ID volumes installed")

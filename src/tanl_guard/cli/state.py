@@ -29,8 +29,8 @@ def describe_checkpoint(payload: dict) -> dict:
     if detector.get("detector") == "tanl":
         out.update(
             threshold=detector["threshold"],
-            queue_confident_id=int(detector["pos_features"].shape[0]),
-            queue_confident_ood=int(detector["neg_features"].shape[0]),
+            pos_queue=int(detector["pos_features"].shape[0]),
+            neg_queue=int(detector["neg_features"].shape[0]),
             history=int(detector["history"].numel()),
             batches=detector["n_steps"],
             config=detector["config"],

@@ -123,6 +123,7 @@ class Guard:
         self._lock = threading.RLock()
         self._history = torch.empty(0, dtype=torch.float64)
         self.calibration: dict[str, Any] | None = None
+        self.last_result: GateResult | None = None  # the latest gated batch, for integrations that need it
         self.n_images = 0
         self.reset()
 
@@ -227,7 +228,7 @@ class Guard:
         top_names = tuple(
             tuple(names[int(i)] for i in row[:k]) for row in (top.tolist() if top is not None else [[]] * len(scores))
         )
-        return GateResult(
+        result = GateResult(
             scores=scores,
             threshold=threshold,
             accepted=scores >= threshold,
@@ -235,6 +236,8 @@ class Guard:
             top_negatives=top_names,
             step=step,
         )
+        self.last_result = result
+        return result
 
     def score_images(self, images: Any) -> GateResult:
         """Embed images (a (B, C, H, W) tensor in [0, 1], or a list of (H, W) / (H, W, 3) arrays) and gate them."""
@@ -297,8 +300,8 @@ class Guard:
                 pos, neg = self.detector.queue_sizes
                 out.update(
                     threshold=self.detector.threshold,
-                    queue_confident_id=pos,
-                    queue_confident_ood=neg,
+                    pos_queue=pos,
+                    neg_queue=neg,
                     selected_negatives=[self.corpus.labels[int(i)] for i in self.detector.selected[:n_negatives]],
                 )
             elif len(self._history):

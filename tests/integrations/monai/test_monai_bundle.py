@@ -9,19 +9,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
-from monai_testing import EVAL_KINDS, SALT
+from monai_testing import CORPUS_WORDS, EVAL_KINDS, SALT, SIZE
 
 from tanl_guard.integrations.mlflow import AuditLogger
 from tanl_guard.integrations.monai import GuardedInferer, OODAuditHandler
 
-TINY_CORPUS = (
-    "$Corpus.from_labels(['cat', 'dog', 'car', 'tree', 'house', 'chair', 'book', 'page', 'horse', "
-    "'clock', 'bottle', 'cup', 'shoe', 'boat', 'airplane', 'toilet', 'skull', 'bone', 'lung', 'heart'], kind='noun')"
-)
+pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader:UserWarning")
+
+# the session guard's corpus, as a bundle override expression
+CORPUS_OVERRIDE = f"$Corpus.from_labels({list(CORPUS_WORDS)!r}, kind='noun')"
 
 
 def test_bundle_parses_and_runs(guard, bundle_dir, eval_files, brain_slices, tmp_path: Path, monkeypatch):
@@ -45,9 +46,10 @@ def test_bundle_parses_and_runs(guard, bundle_dir, eval_files, brain_slices, tmp
         {
             "bundle_root": str(root),
             "encoder": guard.encoder,  # the surrogate, already loaded by the session fixture
-            "corpus": TINY_CORPUS,
+            "corpus": CORPUS_OVERRIDE,
             "corpus_cache": str(tmp_path / "cache"),
-            "ood_threshold": "0.5",
+            "ood_threshold": str(guard.policy.threshold.value),
+            "image_size": [SIZE, SIZE],
         }
     )
     assert isinstance(parser.get_parsed_content("audit_logger"), AuditLogger)
@@ -59,8 +61,8 @@ def test_bundle_parses_and_runs(guard, bundle_dir, eval_files, brain_slices, tmp
     assert inferer.on_reject == "skip"
     built = inferer.guard
     assert built is parser.get_parsed_content("ood_guard")
-    assert built.encoder is guard.encoder and len(built.corpus) == 20
-    assert built.policy.threshold.value == 0.5
+    assert built.encoder is guard.encoder and built.corpus.sha256 == guard.corpus.sha256
+    assert built.policy.threshold == guard.policy.threshold
 
     evaluator = parser.get_parsed_content("evaluator")
     assert isinstance(evaluator, SupervisedEvaluator)

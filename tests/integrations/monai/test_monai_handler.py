@@ -11,17 +11,19 @@ from typing import Any
 import pytest
 import torch
 from ignite.engine import Engine
+from monai.data import MetaTensor, decollate_batch
 from monai.engines import SupervisedEvaluator
 from monai.handlers import MLFlowHandler
-from monai_testing import SALT, THRESHOLD, batch_of, eval_loader, make_network
+from monai_testing import SALT, batch_of, eval_loader, make_network
 
 from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
-from tanl_guard.integrations.monai import GuardedInferer, OODAuditHandler
+from tanl_guard.integrations.monai import BatchVerdicts, GuardedInferer, OODAuditHandler, items_from_meta
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::pandas.errors.Pandas4Warning",
     "ignore::sqlalchemy.exc.SADeprecationWarning",
     "ignore::FutureWarning",
+    "ignore:NvImgCodecPydicomReader:UserWarning",
 )
 
 mlflow = pytest.importorskip("mlflow")
@@ -79,7 +81,7 @@ def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_pat
     metrics = run.data.metrics
     assert metrics["screen/accepted"] == 4 and metrics["screen/rejected"] == 2
     assert metrics["screen/reject_rate"] == pytest.approx(2 / 6)
-    assert metrics["gate/threshold"] == pytest.approx(THRESHOLD)
+    assert metrics["gate/threshold"] == pytest.approx(fresh_guard.policy.threshold.value)
     assert metrics["screen/classified"] == 4 and metrics["screen/flagged"] == 0
     steps = [m.step for m in client.get_metric_history(run_id, "screen/rejected")]
     assert steps == [3, 6], "stepped by items seen"
@@ -101,10 +103,12 @@ def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_pat
     assert len({r["study"] for r in rows}) == 6
     assert all(r["classified"] is (r["verdict"] == "accept") for r in rows)
 
-    snapshot = json.loads(Path(client.download_artifacts(run_id, "state/step_000006.json", str(tmp_path / "s"))).read_text())
+    snapshot = json.loads(
+        Path(client.download_artifacts(run_id, "state/step_000006.json", str(tmp_path / "s"))).read_text()
+    )
     assert snapshot["images_screened"] == fresh_guard.n_images
     # the uploaded checkpoint restores the guard
-    state = torch.load(state_path, weights_only=False)
+    state = torch.load(state_path)  # plain tensors and dicts: the safe weights_only loader reads it
     assert state["n_images"] == fresh_guard.n_images
     fresh_guard.load_state_dict(state)
 
@@ -139,3 +143,26 @@ def test_handler_arguments():
         OODAuditHandler(checkpoint_every=-1, salt=SALT)
     with pytest.raises(ValueError, match="event"):
         OODAuditHandler(event="epoch", salt=SALT)
+
+
+def test_verdicts_survive_decollation():
+    """The handler reads the same verdicts before (batched meta) and after decollation (one meta per item)."""
+    verdicts = BatchVerdicts(
+        scores=torch.tensor([0.75, 0.25]),
+        threshold=0.5,
+        accepted=torch.tensor([True, False]),
+        classified=torch.tensor([True, True]),
+        flagged=torch.tensor([False, True]),
+        predictions=("brain MRI", "brain MRI"),
+        top_negatives=(("cat",), ("cat", "dog")),
+        view_scores=torch.tensor([[0.75], [0.25]]),
+        on_reject="pass",
+    )
+    pred = MetaTensor(torch.rand(2, 2))
+    pred.meta = verdicts.to_meta()
+    pred.is_batch = True
+    expected = verdicts.items()
+    assert items_from_meta(pred.meta) == expected  # values exact in float32
+    items = decollate_batch({"pred": pred})
+    assert items_from_meta([item["pred"].meta for item in items]) == expected
+    assert items_from_meta({"filename_or_obj": ["a"]}) is None

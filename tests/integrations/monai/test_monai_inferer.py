@@ -13,9 +13,11 @@ from monai.data import MetaTensor
 from monai.engines import IterationEvents, SupervisedEvaluator
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
-from monai_testing import EVAL_KINDS, THRESHOLD, ForwardCounter, batch_of, eval_loader, make_network
+from monai_testing import EVAL_KINDS, SIZE, ForwardCounter, batch_of, eval_loader, make_network
 
 from tanl_guard.integrations.monai import OOD_META_KEYS, GuardedInferer
+
+pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader:UserWarning")
 
 IS_OOD = [kind == "photo" for kind in EVAL_KINDS]
 
@@ -68,6 +70,7 @@ def test_skip_rejected_items_get_no_prediction(fresh_guard, guard_spy, eval_file
 
     items = seen["items"]
     assert len(items) == 6
+    threshold = fresh_guard.policy.threshold.value
     for item, ood in zip(items, IS_OOD, strict=True):
         pred, prob = item["pred"], item["prob"]
         assert isinstance(pred, MetaTensor) and pred.shape == (1,)  # argmax ran
@@ -75,8 +78,8 @@ def test_skip_rejected_items_get_no_prediction(fresh_guard, guard_spy, eval_file
         assert pred.meta["ood_accepted"] is (not ood)
         assert pred.meta["ood_classified"] is (not ood)
         assert pred.meta["ood_flagged"] is False
-        assert pred.meta["ood_threshold"] == pytest.approx(THRESHOLD)
-        assert (pred.meta["ood_id_score"] >= THRESHOLD) == (not ood)
+        assert pred.meta["ood_threshold"] == pytest.approx(threshold)
+        assert (pred.meta["ood_id_score"] >= threshold) == (not ood)
         assert pred.meta["filename_or_obj"].endswith(f"_{'photo' if ood else 'brain'}.npy")
         if ood:
             assert bool(torch.isnan(prob).all())
@@ -156,7 +159,7 @@ def test_sliding_window_base_gates_once_per_batch(fresh_guard, guard_spy, brain_
     assert guard_spy.calls == [3]
     assert counter.calls > 2  # several windows per image ...
     assert counter.items == counter.calls  # ... of the 2 accepted images only (sw_batch_size=1)
-    assert out.shape == (3, 2, 64, 64)
+    assert out.shape == (3, 2, SIZE, SIZE)
     assert bool(torch.isnan(out[1]).all())
     assert bool(torch.isfinite(out[[0, 2]]).all())
     expected = base(batch[[0, 2]], network)
@@ -167,9 +170,10 @@ def test_volumes_are_judged_on_axial_slices(fresh_guard, guard_spy, mni_volume, 
     """3D inputs: 3 axial slices per volume, scored in one guard call, reduced to one verdict per volume."""
     from skimage.transform import resize
 
-    brain = resize(mni_volume, (64, 64, 32), anti_aliasing=True).astype(np.float32)
-    horse = np.repeat(photos[1][:, :, None], 32, axis=2)
-    batch = torch.stack([torch.as_tensor(brain)[None], torch.as_tensor(np.ascontiguousarray(horse))[None]])
+    # the slab of the reference slices; its 25/50/75 % slices are new to the guard
+    brain = resize(mni_volume[:, :, 28:63], (SIZE, SIZE, 16), anti_aliasing=True).astype(np.float32)
+    photo = np.repeat(photos[1][:, :, None], 16, axis=2)
+    batch = torch.stack([torch.as_tensor(brain)[None], torch.as_tensor(np.ascontiguousarray(photo))[None]])
     network = make_network(spatial_dims=3)
     inferer = GuardedInferer(guard=fresh_guard, view="slices:3")
     with torch.no_grad():

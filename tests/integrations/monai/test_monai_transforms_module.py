@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd
-from monai_testing import ForwardCounter, batch_of, make_network
+from monai_testing import SIZE, ForwardCounter, batch_of, make_network
 
 from tanl_guard.integrations.monai import GuardedClassifier, ToGuardViewd, guard_views
 
@@ -29,7 +29,7 @@ def test_views_of_2d_and_3d(mni_volume, photos):
     assert float(mid.min()) == 0.0 and float(mid.max()) == 1.0
     expected = (vol[0, :, :, 47] - vol[0, :, :, 47].min()) / (vol[0, :, :, 47].max() - vol[0, :, :, 47].min())
     assert torch.allclose(mid[0], expected, atol=1e-6)
-    assert out["photo_guard"].shape == (1, 64, 64)
+    assert out["photo_guard"].shape == (1, SIZE, SIZE)
     assert torch.allclose(out["photo_guard"][0], torch.as_tensor(photos[0]), atol=1e-5)
 
     slices = ToGuardViewd("image", view="slices:3", output_key="views")({"image": vol})["views"]

@@ -305,7 +305,12 @@ def run_gated(
 
 
 def _all_rejected(
-    inputs: torch.Tensor, run: Callable[..., Any], args: tuple, kwargs: dict, batch: int, template: OutputTemplate | None
+    inputs: torch.Tensor,
+    run: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    batch: int,
+    template: OutputTemplate | None,
 ) -> Any:
     cached = template.nan_batch(batch) if template is not None else None
     if cached is not None:

@@ -273,10 +273,6 @@ class OODAuditHandler:
         self.last_checkpoint_step = step
         if self.logger is not None:
             snapshot = dict(guard.snapshot())
-            # The audit logger turns pos_queue/neg_queue into state/* metrics.
-            if "queue_confident_id" in snapshot:
-                snapshot.setdefault("pos_queue", snapshot["queue_confident_id"])
-                snapshot.setdefault("neg_queue", snapshot["queue_confident_ood"])
             self.logger.log_state(snapshot, step=step)
         if self.state_path is not None:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,9 @@ def items_from_meta(meta: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
             return None
         scores = meta[OOD_ID_SCORE]
         n = int(scores.numel()) if isinstance(scores, torch.Tensor) else len(scores)
-        per_item: list[Mapping[str, Any]] = [{k: _value(meta[k], i) for k in OOD_META_KEYS if k in meta} for i in range(n)]
+        per_item: list[Mapping[str, Any]] = [
+            {k: _value(meta[k], i) for k in OOD_META_KEYS if k in meta} for i in range(n)
+        ]
     else:
         per_item = [dict(m or {}) for m in meta]
         if not per_item or any(OOD_ID_SCORE not in m for m in per_item):

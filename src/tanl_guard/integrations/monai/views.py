@@ -64,7 +64,9 @@ def minmax_unit(images: torch.Tensor) -> torch.Tensor:
     hi = torch.where(hi > lo, hi, lo)
     flat = torch.where(finite, flat, lo)
     span = hi - lo
-    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(flat))
+    out = torch.where(
+        span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(flat)
+    )
     return out.clamp_(0.0, 1.0).reshape(x.shape)
 
 

@@ -1,0 +1,116 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""End-to-end screening speed: studies/s and where the time goes (ingest, encoding, gate, audit).
+
+Two folders: the demo folder (real packaged DICOM and series written from packaged brain MR volumes), and a
+generated folder of a few hundred studies (brain MR series cut from the MNI152 template at random positions,
+and photos from scikit-image stored as secondary captures), both written as DICOM files. Encoder: the offline
+surrogate unless ``--encoder`` says otherwise. Audit: a real MLflow SQLite store in a temporary folder.
+
+    python benchmarks/screen_e2e.py                     # demo folder + 300 generated studies
+    python benchmarks/screen_e2e.py --studies 100 --corpus wordnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def generate_folder(root: Path, n_studies: int, seed: int = 0) -> Path:
+    """Write ``n_studies`` single-series studies: two thirds brain MR slabs, one third photos."""
+    from nilearn.datasets import load_mni152_template
+    from skimage import data as skdata
+
+    from tanl_guard.demo import write_dicom_series
+
+    rng = np.random.default_rng(seed)
+    mni = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), np.stack([skdata.camera()] * 3, -1)]
+    for i in range(n_studies):
+        if i % 3 < 2:
+            start = int(rng.integers(20, 55))
+            slab = np.stack([np.rot90(mni[:, :, z]) for z in range(start, start + 12, 2)])
+            write_dicom_series(root / f"s{i:04d}", f"gen-mr-{seed}-{i}", slab, description="T1 axial")
+        else:
+            photo = photos[i % len(photos)]
+            y, x = rng.integers(0, 40, 2)
+            write_dicom_series(root / f"s{i:04d}", f"gen-photo-{seed}-{i}", photo[None, y:, x:], modality="OT",
+                               rgb=True, description="photo")
+    return root
+
+
+def screen_once(folder: Path, guard_factory, work: Path, batch_size: int) -> dict:
+    from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
+    from tanl_guard.pipeline import ScreenConfig, Screener
+
+    guard = guard_factory()
+    audit = AuditLogger(AuditConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", run_name=folder.name))
+    audit.start(params={"folder": folder.name}, tags={"benchmark": "screen_e2e"})
+    start = time.perf_counter()
+    report = Screener(guard, ScreenConfig(batch_size=batch_size, state_path=str(work / f"{folder.name}.pt")),
+                      audit=audit).run(folder)
+    t = time.perf_counter()
+    audit.finish()
+    report.seconds["audit"] += time.perf_counter() - t
+    wall = time.perf_counter() - start
+    s = report.seconds
+    overhead = (s["ingest"] + s["gate"] + s["audit"]) / max(s["encode"], 1e-9)
+    return {
+        "folder": folder.name, "studies": len(report.studies), "views": report.views, "wall_s": wall,
+        "studies_per_s": len(report.studies) / wall, **{f"{k}_s": v for k, v in s.items()},
+        "overhead_vs_encoder": overhead, "verdicts": report.counts(),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", default="surrogate")
+    parser.add_argument("--corpus", default="wordnet", help="the corpus embedding is cached after the first run")
+    parser.add_argument("--studies", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TANL_GUARD_SALT", "benchmark")
+
+    from tanl_guard.demo import ID_LABELS, build_demo_folder
+    from tanl_guard.encoders import resolve
+    from tanl_guard.guard import Guard
+    from tanl_guard.pipeline.references import load_reference_images
+
+    encoder = resolve(args.encoder, device=args.device)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tanl_guard_e2e_") as tmp:
+        work = Path(tmp)
+        demo = build_demo_folder(work / "demo")
+        references = load_reference_images(demo.references, list(ID_LABELS))
+        Guard.build(encoder=encoder, labels=ID_LABELS, reference_images=references, corpus=args.corpus,
+                    progress=True)  # fills the corpus cache outside the timings
+
+        def factory():
+            return Guard.build(encoder=encoder, labels=ID_LABELS, reference_images=references, corpus=args.corpus)
+
+        generated = generate_folder(work / "generated", args.studies)
+        for folder in (demo.studies, generated):
+            rows.append(screen_once(folder, factory, work, args.batch_size))
+    print(f"Screening with {encoder.id} on {args.device}, corpus {args.corpus!r}, batch {args.batch_size} views")
+    print("| folder | studies | views | wall | studies/s | ingest | encode | gate | audit | (ingest+gate+audit)/encode |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['folder']} | {r['studies']} | {r['views']} | {r['wall_s']:.1f} s | {r['studies_per_s']:.2f} "
+              f"| {r['ingest_s']:.1f} s | {r['encode_s']:.1f} s | {r['gate_s']:.2f} s | {r['audit_s']:.2f} s "
+              f"| {r['overhead_vs_encoder'] * 100:.0f} % |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
