@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     mib = 1024 * 1024
     print(f"TANLDetector on {result['device']} ({result['machine']}, torch {result['torch']}), random embeddings")
     print(f"C={result['C']} N={result['N']} D={result['D']} B={result['B']} M={result['M']} L={result['L']}")
-    print("| per batch (median of %d) | floor: product + softmax | ratio | reset | state | peak memory above inputs |" % args.repeats)
+    print(f"| per batch (median of {args.repeats}) | floor: product + softmax | ratio | reset | state | peak memory above inputs |")
     print("|---|---|---|---|---|---|")
     print(f"| {result['step_s'] * 1000:.0f} ms | {result['floor_s'] * 1000:.0f} ms | {result['step_over_floor']:.2f}x "
           f"| {result['reset_s'] * 1000:.0f} ms | {result['state_bytes'] / mib:.2f} MiB "
