@@ -244,16 +244,21 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path:
 
 
 def plot_histograms(
-    panels: dict[str, tuple[np.ndarray, np.ndarray, float | None]], title: str, path: Path, footer: str = ""
+    panels: dict[str, tuple], title: str, path: Path, footer: str = ""
 ) -> Path:
-    """One panel per method: ID and OOD score histograms and the method's own threshold (if it has one)."""
+    """One panel per method: ID and OOD score histograms and the method's own threshold (if it has one).
+
+    ``panels`` maps a title to ``(id_scores, ood_scores, threshold)``, optionally with a 4th element: the OOD
+    legend text (e.g. when each OOD image was scored once per fold)."""
     plt = _plt()
     n = len(panels)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), dpi=110, squeeze=False)
     bins = np.linspace(0.0, 1.0, 41)
-    for ax, (label, (ids, oods, thr)) in zip(axes[0], panels.items()):
+    for ax, (label, panel) in zip(axes[0], panels.items()):
+        ids, oods, thr = panel[:3]
+        ood_label = panel[3] if len(panel) > 3 else f"OOD (n={oods.size})"
         ax.hist(np.clip(ids, 0, 1), bins=bins, alpha=0.6, color="tab:blue", label=f"ID (n={ids.size})", density=True)
-        ax.hist(np.clip(oods, 0, 1), bins=bins, alpha=0.6, color="tab:red", label=f"OOD (n={oods.size})", density=True)
+        ax.hist(np.clip(oods, 0, 1), bins=bins, alpha=0.6, color="tab:red", label=ood_label, density=True)
         if thr is not None and np.isfinite(thr):
             ax.axvline(thr, color="k", lw=1.0, ls="--", label=f"threshold {thr:.2f}")
         ax.set_title(label, fontsize=9)

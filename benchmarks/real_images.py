@@ -8,8 +8,8 @@ harness runs unchanged with ``--encoder biomedclip`` or any open_clip spec (``--
 
 Protocol:
 
-* ID anchors, two settings: **text** (the ID label's prompt ensemble only, zero-shot) and **text + image** (plus
-  a prototype of reference ID images). Image anchors are built leave-one-volume-out: for each ID volume, the
+* ID anchors, three settings: **text** (the ID label's prompt ensemble only, zero-shot), **text + image** (plus
+  a prototype of reference ID images) and **image** (the prototype alone). Image anchors are built leave-one-volume-out: for each ID volume, the
   prototype comes from the *other* volumes' slices, and the stream holds that volume's slices plus every OOD
   image; slices of one volume are never split between reference and test.
 * Detectors: TANL (paper defaults), NegLabel (static farthest 10k, noun/adjective split), MCM, AdaNeg, and kNN
@@ -273,7 +273,7 @@ def _folds(b: Bench, setting: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def evaluate(
     b: Bench,
-    settings: Sequence[str] = ("text", "text+image"),
+    settings: Sequence[str] = ("text", "text+image", "image"),
     methods: Sequence[str] = METHODS,
     orders: Sequence[str] = ORDERS,
     batch_size: int = 16,
@@ -295,13 +295,13 @@ def evaluate(
             results[setting][method] = {}
             for order in orders if stateful else ("random",):
                 t0 = time.perf_counter()
-                id_scores, id_idx, ood_scores, ood_idx, fold_of, traces = [], [], [], [], [], []
+                id_scores, id_idx, ood_scores, ood_idx, traces = [], [], [], [], []
                 for f, (_name, stream, ref) in enumerate(folds):
                     if setting == "text":
                         cols = b.text_anchors
                     else:
                         proto = _unit(b.features[ref].mean(dim=0, keepdim=True))
-                        cols = torch.cat([b.text_anchors, proto])
+                        cols = proto if setting == "image" else torch.cat([b.text_anchors, proto])
                     det = _KNN(b.features[ref]) if method == "knn" else _make(method, cols, b)
                     feats = b.features[stream]
                     order_idx = stream_order(b.is_ood[stream], order, seed + f)
@@ -312,7 +312,6 @@ def evaluate(
                     id_idx.append(stream[~is_o])
                     ood_scores.append(r.scores[is_o])
                     ood_idx.append(stream[is_o])
-                    fold_of.append(np.full(int(is_o.sum()), f))
                     if method == "tanl" and f == 0:
                         traces.append(r)
                 ids_s, oods_s = np.concatenate(id_scores), np.concatenate(ood_scores)
@@ -408,6 +407,7 @@ def run(
             "text": "ID anchors = prompt ensemble of the ID label(s); one stream of all ID + all OOD images",
             "text+image": "plus a prototype of the reference ID slices, leave-one-volume-out: one stream per ID "
                           "volume (its slices + every OOD image); scores pooled over the folds",
+            "image": "the prototype alone (same leave-one-volume-out folds)",
             "batch_size": batch_size,
             "threshold_95_id": "the 5th percentile of the pooled ID scores (accepts >= 95 % of ID slices)",
             "mcm_note": "with a single ID label MCM's max-softmax over ID columns is (nearly) constant: a "
@@ -418,6 +418,12 @@ def run(
         "manifest_images_sha256": bench.manifest["images_sha256"],
         "skipped_sources": bench.manifest["skipped"],
         "results": results,
+        "tanl_top_negatives": {
+            f"{setting} (stream: {'all images' if setting == 'text' else 'first LOVO fold'}, random order)": [
+                bench.corpus_labels[i] for i in raw[(setting, "tanl", "random")]["trace"][0].batch_selected[-1][:20]
+            ]
+            for setting in ("text", "image") if (setting, "tanl", "random") in raw
+        },
         "timings_s": {k: round(v, 2) for k, v in bench.timings.items()},
         "environment": environment(),
     }
@@ -457,7 +463,9 @@ def _figures(b: Bench, raw: dict, slug: str, is_surrogate: bool, encoder_spec: s
     panels = {}
     for m in ("tanl", "neglabel", "knn"):
         rr = raw[("text+image", m, "random")]
-        panels[labels[m]] = (rr["id"], rr["ood"], float(np.quantile(rr["id"], 0.05, method="lower")))
+        n_folds = max(1, rr["ood"].size // max(1, n_ood))
+        panels[labels[m]] = (rr["id"], rr["ood"], float(np.quantile(rr["id"], 0.05, method="lower")),
+                             f"OOD ({n_ood} images x {n_folds} folds)")
     plot_histograms(panels, "Real images, text + image anchors: id_score (dashed: 95 % ID acceptance)",
                     FIGURES_DIR / f"real_hist_{slug}.png", foot)
     # TANL stream trace (text anchors, one stream of everything)

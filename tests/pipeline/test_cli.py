@@ -55,7 +55,7 @@ def test_screen_json_audit_exit_codes_and_resume(demo_folder, corpus_file, tmp_p
                                              "--report", str(tmp_path / "report.jsonl")))
     assert result.exit_code == 3, result.output  # the demo folder holds out-of-distribution studies
     lines = [json.loads(line) for line in result.stdout.splitlines()]  # stdout: JSON lines and nothing else
-    assert len(lines) == 16 and sum(line["study"] is None for line in lines) == 1
+    assert len(lines) == 19 and sum(line["study"] is None for line in lines) == 1  # 18 studies, 1 orphan file
     assert {line["verdict"] for line in lines} <= {"accept", "reject", "unreadable"}
     assert (tmp_path / "report.jsonl").read_text().splitlines() == result.stdout.splitlines()
     assert "screening" in result.stderr  # the progress bar went to stderr
@@ -76,7 +76,7 @@ def test_screen_json_audit_exit_codes_and_resume(demo_folder, corpus_file, tmp_p
 
     # State inspection, then a resumed run: nothing left to screen, same verdicts, --strict reports unreadables.
     shown = runner.invoke(cli, ["state", "show", str(tmp_path / "state.pt")])
-    assert shown.exit_code == 0 and json.loads(shown.output)["studies_done"] == 15
+    assert shown.exit_code == 0 and json.loads(shown.output)["studies_done"] == 18
     again = runner.invoke(cli, _screen_args(demo_folder, corpus_file, tmp_path, "--json", "--resume", "--strict"))
     assert again.exit_code == 4, again.output
     assert again.stdout.splitlines() == result.stdout.splitlines()

@@ -6,7 +6,8 @@ series written here from real brain MRI volumes that ship with nilearn (the MNI1
 run) and matplotlib (a sagittal slice). Out of distribution: packaged CT, X-ray (CR), ultrasound and NM files,
 and photos from scikit-image stored as DICOM secondary captures. Broken inputs: two truncated copies, a JPEG
 file whose decoder is not installed, a structured report without pixels, and a text file.
-Reference ID images (anchors, never screened): other MNI152 slices and nibabel's small anatomical volume.
+Reference ID images (anchors, never screened): other MNI152 slices, nibabel's small anatomical volume and
+the top slices of the EPI run.
 
 All patient fields of the generated files are fictitious; the packaged files carry test-data names, which the
 product never writes out (studies are named by salted hashes).
@@ -135,7 +136,12 @@ def build_demo_folder(root: str | Path) -> DemoFolder:
     with matplotlib.cbook.get_sample_data("s1045.ima.gz") as handle:
         sagittal = np.frombuffer(handle.read(), np.uint16).reshape(256, 256).astype(np.float32)
     write_dicom_series(studies / "mr_head_c", "s1045", sagittal[None], description="T1 sagittal")
-    expected.update({"mr_head_a": "id", "mr_head_b": "id", "mr_head_c": "id"})
+    # Most of what a deployed guard sees is in distribution: a few more brain MR series (other slabs, volumes).
+    write_dicom_series(studies / "mr_head_d", "mni-axial-upper", _axial(mni, np.linspace(50, 75, 6)))
+    write_dicom_series(studies / "mr_head_e", "epi-lower", _axial(epi, np.linspace(2, 10, 5)), description="EPI")
+    epi_late = np.asarray(nibabel.load(str(nib_data / "example4d.nii.gz")).get_fdata()[..., 1], dtype=np.float32)
+    write_dicom_series(studies / "mr_head_f", "epi-second-volume", _axial(epi_late, np.linspace(8, 20, 5)))
+    expected.update({f"mr_head_{c}": "id" for c in "abcdef"})
 
     # Out of distribution: other modalities, and photos stored as DICOM secondary captures.
     for i, name in enumerate(_PACKAGED_OOD):
@@ -156,10 +162,12 @@ def build_demo_folder(root: str | Path) -> DemoFolder:
     (studies / "notes.txt").write_text("exported by the PACS on request\n")
     expected.update({"export_40.dcm": "broken", "export_41.dcm": "broken", "notes.txt": "broken"})
 
-    # Reference ID images (anchors): other slices of the template at 1 mm, and nibabel's small anatomical volume.
+    # Reference ID images (anchors): the template at 1 mm, nibabel's small anatomical volume, the EPI's top slices.
     mni1 = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
     anatomical = np.asarray(nibabel.load(str(nib_data / "anatomical.nii")).get_fdata(), dtype=np.float32)
-    for i, image in enumerate(list(_axial(mni1, np.linspace(40, 140, 10))) + list(_axial(anatomical, [8, 12, 16]))):
+    epi_top = _axial(epi, [21, 22, 23])  # EPI slices above every screened slab
+    references_images = list(_axial(mni1, np.linspace(40, 140, 10))) + list(_axial(anatomical, [8, 12, 16]))
+    for i, image in enumerate(references_images + list(epi_top)):
         scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
         np.save(references / f"brain_{i:02d}.npy", scaled.astype(np.float32))
     return DemoFolder(studies=studies, references=references, expected=expected)
