@@ -75,19 +75,22 @@ def _compare(demo, report: Path) -> None:
     from ..dicom import DicomScanConfig, scan_folder
 
     scan = scan_folder(demo.studies, DicomScanConfig())
-    name_of = {o.study_key: o.rel_path.split("/")[0] for o in scan.outcomes if o.study_key}
+    name_of: dict[str, str] = {}
+    for o in scan.outcomes:  # sorted by path: a study is named after its first file
+        if o.study_key:
+            name_of.setdefault(o.study_key, o.rel_path.split("/")[0])
     verdicts = [json.loads(line) for line in report.read_text().splitlines()]
     print("\nWhat each input is, and what the guard said (surrogate encoder: a demo, not a medical model):")
-    print(f"  {'input':<18} {'is':<7} {'verdict':<11} {'id_score':>8}")
+    print(f"  {'input':<18} {'from':<32} {'is':<7} {'verdict':<11} {'id_score':>8}")
     right = total = 0
     for v in verdicts:
         if v["study"] is None:
-            print(f"  {'(file)':<18} {'broken':<7} {v['verdict']:<11} {'-':>8}  {v['reason']}")
+            print(f"  {'(file)':<18} {'':<32} {'broken':<7} {v['verdict']:<11} {'-':>8}  {v['reason']}")
             continue
         name = name_of.get(v["study"], "?")
         kind = demo.expected.get(name, "?")
         score = "-" if v["id_score"] is None else f"{v['id_score']:.3f}"
-        print(f"  {name:<18} {kind:<7} {v['verdict']:<11} {score:>8}")
+        print(f"  {name:<18} {demo.sources.get(name, ''):<32} {kind:<7} {v['verdict']:<11} {score:>8}")
         if kind in ("id", "ood") and v["verdict"] in ("accept", "reject"):
             total += 1
             right += (kind == "id") == (v["verdict"] == "accept")

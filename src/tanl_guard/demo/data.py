@@ -39,6 +39,7 @@ class DemoFolder:
     studies: Path
     references: Path
     expected: dict[str, str]  # file or folder name -> "id", "ood" or "broken"
+    sources: dict[str, str]  # file or folder name -> where its images come from
 
 
 def _uid(*parts: object) -> str:
@@ -121,11 +122,13 @@ def build_demo_folder(root: str | Path) -> DemoFolder:
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
     expected: dict[str, str] = {}
+    sources: dict[str, str] = {}
 
     # In distribution: packaged brain MR, and series written from real brain volumes.
     for i, name in enumerate(_PACKAGED_ID):
         shutil.copy(_packaged(name), studies / f"export_{i:02d}.dcm")
         expected[f"export_{i:02d}.dcm"] = "id"
+        sources[f"export_{i:02d}.dcm"] = f"pydicom {name}"
     mni = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
     write_dicom_series(studies / "mr_head_a", "mni-axial", _axial(mni, np.linspace(25, 65, 8)), description="T1 axial")
     nib_data = importlib.resources.files("nibabel") / "tests" / "data"
@@ -142,25 +145,33 @@ def build_demo_folder(root: str | Path) -> DemoFolder:
     epi_late = np.asarray(nibabel.load(str(nib_data / "example4d.nii.gz")).get_fdata()[..., 1], dtype=np.float32)
     write_dicom_series(studies / "mr_head_f", "epi-second-volume", _axial(epi_late, np.linspace(8, 20, 5)))
     expected.update({f"mr_head_{c}": "id" for c in "abcdef"})
+    sources.update(mr_head_a="nilearn MNI152 axial", mr_head_b="nibabel EPI axial", mr_head_c="matplotlib s1045 sagittal",
+                   mr_head_d="nilearn MNI152 axial (upper)", mr_head_e="nibabel EPI axial (lower)",
+                   mr_head_f="nibabel EPI, 2nd volume")
 
     # Out of distribution: other modalities, and photos stored as DICOM secondary captures.
     for i, name in enumerate(_PACKAGED_OOD):
         shutil.copy(_packaged(name), studies / f"export_{i + 10:02d}.dcm")
         expected[f"export_{i + 10:02d}.dcm"] = "ood"
+        sources[f"export_{i + 10:02d}.dcm"] = f"pydicom {name}"
     for name, image in (("photo_astronaut", skdata.astronaut()), ("photo_coffee", skdata.coffee())):
         write_dicom_series(studies / name, name, image[None], modality="OT", rgb=True, description="photo")
         expected[name] = "ood"
+        sources[name] = f"scikit-image {name[6:]} as DICOM"
 
     # Broken inputs: each must come out as unreadable (or skipped), with a reason, never crash the run.
     for i, name in enumerate(_PACKAGED_BROKEN):
         shutil.copy(_packaged(name), studies / f"export_{i + 30:02d}.dcm")
         expected[f"export_{i + 30:02d}.dcm"] = "broken"
+        sources[f"export_{i + 30:02d}.dcm"] = f"pydicom {name}"
     data = _packaged("MR2_UNCR.dcm").read_bytes()
     (studies / "export_40.dcm").write_bytes(data[: len(data) * 2 // 3])  # pixel data cut short
     garbage = np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8).tobytes()
     (studies / "export_41.dcm").write_bytes(b"\0" * 128 + b"DICM" + garbage)  # a DICOM preamble, then noise
     (studies / "notes.txt").write_text("exported by the PACS on request\n")
     expected.update({"export_40.dcm": "broken", "export_41.dcm": "broken", "notes.txt": "broken"})
+    sources.update({"export_40.dcm": "MR2_UNCR cut short", "export_41.dcm": "noise after a preamble",
+                    "notes.txt": "a text file"})
 
     # Reference ID images (anchors): the template at 1 mm, nibabel's small anatomical volume, the EPI's top slices.
     mni1 = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
@@ -170,4 +181,4 @@ def build_demo_folder(root: str | Path) -> DemoFolder:
     for i, image in enumerate(references_images + list(epi_top)):
         scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
         np.save(references / f"brain_{i:02d}.npy", scaled.astype(np.float32))
-    return DemoFolder(studies=studies, references=references, expected=expected)
+    return DemoFolder(studies=studies, references=references, expected=expected, sources=sources)
