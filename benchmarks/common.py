@@ -39,6 +39,7 @@ __all__ = [
     "set_threads",
     "plot_roc",
     "plot_histograms",
+    "add_footer",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -205,6 +206,17 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
 # ---------------------------------------------------------------------------------------------------- figures
 
 
+def add_footer(fig, text: str, width: int) -> float:
+    """Draw a wrapped grey footer; returns the figure fraction it occupies (for tight_layout's rect)."""
+    import textwrap
+
+    if not text:
+        return 0.0
+    lines = textwrap.wrap(text, width=width)
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=6, color="dimgrey", va="bottom")
+    return min(0.25, 0.012 + 0.022 * len(lines) * 4.8 / fig.get_figheight())
+
+
 def _plt():
     import matplotlib
 
@@ -234,9 +246,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path:
     ax.set_ylabel("ID accepted (true positive rate)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    if footer:
-        fig.text(0.01, 0.005, footer, fontsize=6, color="dimgrey")
-    fig.tight_layout(rect=(0, 0.03 if footer else 0, 1, 1))
+    bottom = add_footer(fig, footer, 95)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -266,9 +277,8 @@ def plot_histograms(
         ax.set_yscale("log")
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
-    if footer:
-        fig.text(0.01, 0.005, footer, fontsize=6, color="dimgrey")
-    fig.tight_layout(rect=(0, 0.04 if footer else 0, 1, 1))
+    bottom = add_footer(fig, footer, int(60 * n))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -488,8 +488,9 @@ def _figures(b: Bench, raw: dict, slug: str, is_surrogate: bool, encoder_spec: s
     ax.legend(fontsize=7, loc="upper left")
     ax2.legend(fontsize=7, loc="upper right")
     ax.set_title("TANL over the real-image stream (text anchors, random order)", fontsize=9)
-    fig.text(0.01, 0.005, foot, fontsize=5, color="dimgrey")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    from .common import add_footer
+
+    fig.tight_layout(rect=(0, add_footer(fig, foot, 130), 1, 1))
     fig.savefig(FIGURES_DIR / f"real_stream_{slug}.png")
     plt.close(fig)
 

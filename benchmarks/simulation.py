@@ -14,7 +14,7 @@ d. stream order: random (3 seeds) against all-ID-first and all-OOD-first;
 e. a mid-stream change of the OOD mix (concepts A, then disjoint concepts B): windowed AUROC / FPR95 before and
    after, the selection's precision against A and B words and its churn per batch.
 
-    python -m benchmarks simulation            # full size, about 3-6 min on 2 CPU cores
+    python -m benchmarks simulation            # full size: 15 min measured on 2 loaded cores, ~5-6 min idle
     python -m benchmarks simulation --small    # C=200, N=12,000, D=256, under a minute
 
 Writes ``benchmarks/results/simulation[_small].json`` and ``docs/figures/sim_*.png`` (full size only, unless
@@ -44,6 +44,7 @@ from tanl_guard import (
 from .common import (
     FIGURES_DIR,
     RESULTS_DIR,
+    add_footer,
     environment,
     metrics_dict,
     plot_histograms,
@@ -389,8 +390,7 @@ def _figures(res, stream: Stream, runs0, sstream: Stream, shift_runs, size: SimS
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("Simulation: sensitivity to the number of negatives M (same stream, random order)", fontsize=9)
-    fig.text(0.01, 0.005, foot, fontsize=6, color="dimgrey")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, add_footer(fig, foot, 165), 1, 1))
     fig.savefig(FIGURES_DIR / f"sim_m_sweep{suffix}.png")
     plt.close(fig)
 
@@ -422,9 +422,8 @@ def _figures(res, stream: Stream, runs0, sstream: Stream, shift_runs, size: SimS
     for ax in axes:
         ax.axvline(sh["shift_at_batch"], color="grey", ls="--", lw=1)
     fig.suptitle("Simulation: the OOD mix changes from concepts A to disjoint concepts B (dashed line)", fontsize=9)
-    fig.text(0.01, 0.005, foot.replace(f"stream {size.n_id} ID + {size.n_ood} OOD",
-                                       f"2 phases of {size.n_id} ID + {size.n_ood} OOD"), fontsize=6, color="dimgrey")
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    shift_foot = foot.replace(f"stream {size.n_id} ID + {size.n_ood} OOD", f"2 phases of {size.n_id} ID + {size.n_ood} OOD")
+    fig.tight_layout(rect=(0, add_footer(fig, shift_foot, 140), 1, 1))
     fig.savefig(FIGURES_DIR / f"sim_shift{suffix}.png")
     plt.close(fig)
 

@@ -195,18 +195,20 @@ class TANLDetector(Detector):
         confident_ood = first_pass < threshold - cfg.gap * threshold
 
         # Batch-adaptive means (Eq. 11-14): mix in this batch's confident samples, per side, only if it has some.
-        if bool(confident_id.any()):
-            mean_pos = cfg.alpha * mean_pos + (1.0 - cfg.alpha) * activations[confident_id].mean(dim=0)
-        if bool(confident_ood.any()):
-            mean_neg = cfg.alpha * mean_neg + (1.0 - cfg.alpha) * activations[confident_ood].mean(dim=0)
+        pos_rows, neg_rows = activations[confident_id], activations[confident_ood]  # copied once, pushed below
+        if pos_rows.shape[0]:
+            mean_pos = cfg.alpha * mean_pos + (1.0 - cfg.alpha) * pos_rows.mean(dim=0)
+        if neg_rows.shape[0]:
+            mean_neg = cfg.alpha * mean_neg + (1.0 - cfg.alpha) * neg_rows.mean(dim=0)
         selected = self._top_m(mean_neg - mean_pos)
         scores = self._score(logits, selected)
         top_negatives = self.top_negatives(logits, selected, cfg.explain_top_k)
 
         # Commit: history and threshold, then the queues (new rows in batch order, the last L kept).
         self.history, self.threshold, self.selected = history, threshold, selected
-        self._pos.push(features[confident_id], activations[confident_id])
-        self._neg.push(features[confident_ood], activations[confident_ood])
+        del logits, activations  # free the (B, C + N) buffers before the queues copy their rows
+        self._pos.push(features[confident_id], pos_rows)
+        self._neg.push(features[confident_ood], neg_rows)
         self.n_steps += 1
         self.n_seen += int(features.shape[0])
         return TANLStep(
