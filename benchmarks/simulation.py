@@ -14,7 +14,7 @@ d. stream order: random (3 seeds) against all-ID-first and all-OOD-first;
 e. a mid-stream change of the OOD mix (concepts A, then disjoint concepts B): windowed AUROC / FPR95 before and
    after, the selection's precision against A and B words and its churn per batch.
 
-    python -m benchmarks simulation            # full size: 15 min measured on 2 loaded cores, ~5-6 min idle
+    python -m benchmarks simulation            # full size: 3 min on 2 quiet cores, 3.4 GB
     python -m benchmarks simulation --small    # C=200, N=12,000, D=256, under a minute
 
 Writes ``benchmarks/results/simulation[_small].json`` and ``docs/figures/sim_*.png`` (full size only, unless

@@ -2,13 +2,12 @@
 """Smoke versions of the detection-quality benchmarks (the full runs are on demand: ``python -m benchmarks``).
 
 The simulation runs at its tiny size and must show the paper's qualitative claims there; the real-image harness
-runs on a handful of package-shipped images with a stand-in pixel encoder (the surrogate takes too long to load
-for a smoke test), so it checks the wiring and the result format, not detection quality.
+runs on a handful of package-shipped images with the real offline surrogate encoder and a 1,500-label slice of
+WordNet, so it checks the wiring and the result format, not detection quality.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -61,39 +60,6 @@ def test_reproducible():
     assert torch.equal(a.features, b.features)
 
 
-class PixelEncoder:
-    """A deterministic stand-in encoder: 32x32 grey pixels through a fixed random projection; texts hashed."""
-
-    id = "test:pixel-projection"
-    weights_sha256 = "0" * 64
-    logit_scale = 30.0
-    embed_dim = 64
-    device = torch.device("cpu")
-    batch_size = 32
-
-    def __init__(self) -> None:
-        self.proj = torch.randn(1024, self.embed_dim, generator=torch.Generator().manual_seed(0))
-
-    def encode_images(self, images, *, normalize_input: bool = True) -> torch.Tensor:
-        out = []
-        for img in images:
-            t = torch.as_tensor(np.asarray(img, dtype=np.float32))
-            if t.ndim == 3 and t.shape[0] in (1, 3):
-                t = t.mean(0)
-            elif t.ndim == 3:
-                t = t.mean(-1)
-            t = torch.nn.functional.interpolate(t[None, None], size=(32, 32), mode="bilinear", align_corners=False)
-            out.append(t.flatten() - 0.5)
-        return torch.nn.functional.normalize(torch.stack(out) @ self.proj, dim=-1)
-
-    def encode_texts(self, texts, *, batch_size=None, progress=False) -> torch.Tensor:
-        rows = []
-        for text in texts:
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-            rows.append(torch.randn(self.embed_dim, generator=torch.Generator().manual_seed(seed)))
-        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
-
-
 def test_real_image_harness(tmp_path):
     real = pytest.importorskip("benchmarks.real_images")
     datasets = pytest.importorskip("benchmarks.datasets")
@@ -103,7 +69,9 @@ def test_real_image_harness(tmp_path):
     keep = [it for it in items if it.tier == "id" or it.group in ("photo / texture", "CT", "fundus")]
     if sum(it.tier == "id" for it in keep) < 4 or len({it.volume for it in keep if it.tier == "id"}) < 2:
         pytest.skip("fewer than two ID volumes installed")
-    bench = real.prepare(PixelEncoder(), keep, skipped, corpus_spec="wordnet", corpus_limit=1500,
+    from tanl_guard.encoders import resolve
+
+    bench = real.prepare(resolve("surrogate"), keep, skipped, corpus_spec="wordnet", corpus_limit=1500,
                          cache_dir=str(tmp_path), verbose=False)
     results, raw = real.evaluate(bench, orders=("random", "id_first"), verbose=False)
     for setting in ("text", "text+image"):

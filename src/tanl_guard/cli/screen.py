@@ -64,6 +64,8 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
     snapshot = guard.snapshot(n_negatives=8)
     if "threshold" in snapshot:
         rows.append(("threshold in force", f"{snapshot['threshold']:.3f}"))
+    if not snapshot.get("health", {}).get("ok", True):
+        rows.append(("WARNING", snapshot["health"]["problem"] + ": add reference ID images or check the labels"))
     if snapshot.get("selected_negatives"):
         rows.append(("leading activated negatives", ", ".join(snapshot["selected_negatives"])))
     width = max(len(k) for k, _ in rows)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,9 @@ __all__ = ["GateResult", "Guard", "make_detector"]
 
 _DEFAULT_CONFIGS = {"tanl": TANLConfig, "neglabel": NegLabelConfig, "mcm": MCMConfig, "adaneg": AdaNegConfig}
 _HISTORY_LEN = 20000  # guard-side score history for detectors without a threshold of their own
+_HEALTH_BATCHES = 5  # batches without a single confident ID admission before the guard warns
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ class Guard:
         self.calibration: dict[str, Any] | None = None
         self.last_result: GateResult | None = None  # the latest gated batch, for integrations that need it
         self.n_images = 0
+        self._admissions: deque[int] = deque(maxlen=_HEALTH_BATCHES)  # confident-ID admissions per recent batch
+        self._warned = False
         self.reset()
 
     # ------------------------------------------------------------------ construction
@@ -200,6 +207,8 @@ class Guard:
                 self.detector.reset()
             self._history = torch.empty(0, dtype=torch.float64)
             self.n_images = 0
+            self._admissions = deque(maxlen=_HEALTH_BATCHES)
+            self._warned = False
 
     # ------------------------------------------------------------------ scoring
     def _threshold(self, step: DetectorStep, history: torch.Tensor) -> float:
@@ -221,6 +230,7 @@ class Guard:
             threshold = self._threshold(step, history)
             self._history = history
             self.n_images += int(scores.numel())
+            self._check_health(step)
         names = self.corpus.labels
         label_of = self.anchors.label_of
         top = step.top_negatives
@@ -238,6 +248,33 @@ class Guard:
         )
         self.last_result = result
         return result
+
+    def _check_health(self, step: DetectorStep) -> None:
+        """Warn when TANL stops learning what in-distribution looks like: nothing admitted as confident ID.
+
+        It happens when the ID anchors do not match the images (text labels the encoder cannot read, say): the
+        cold-start history then pins the threshold and every image looks OOD, and the scores alone do not show it.
+        """
+        confident = getattr(step, "confident_id", None)
+        if confident is None:
+            return
+        self._admissions.append(int(confident.sum()))
+        stalled = len(self._admissions) == _HEALTH_BATCHES and sum(self._admissions) == 0
+        if stalled and not self._warned:
+            log.warning(
+                "TANL admitted no confident in-distribution image in the last %d batches: the ID anchors may not "
+                "match the images (add reference ID images, or check the labels and the encoder)", _HEALTH_BATCHES
+            )
+        self._warned = stalled
+
+    def health(self) -> dict[str, Any]:
+        """Whether the online adaptation is learning: ``{"ok": bool, "recent_confident_id": [...], ...}``."""
+        recent = list(self._admissions)
+        ok = not (len(recent) == _HEALTH_BATCHES and sum(recent) == 0)
+        out: dict[str, Any] = {"ok": ok, "recent_confident_id": recent}
+        if not ok:
+            out["problem"] = f"no confident in-distribution admission in the last {_HEALTH_BATCHES} batches"
+        return out
 
     def score_images(self, images: Any) -> GateResult:
         """Embed images (a (B, C, H, W) tensor in [0, 1], or a list of (H, W) / (H, W, 3) arrays) and gate them."""
@@ -308,6 +345,7 @@ class Guard:
                 out["threshold"] = otsu_threshold(self._history)
             if self.calibration is not None:
                 out["calibration"] = dict(self.calibration)
+            out["health"] = self.health()
             return out
 
     def selected_negatives(self) -> list[str]:
