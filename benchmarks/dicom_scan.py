@@ -9,7 +9,6 @@ Run: ``python benchmarks/dicom_scan.py [--repeat N] [--json out.json]``.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import platform
@@ -18,25 +17,14 @@ import time
 import warnings
 from pathlib import Path
 
+from tanl_guard.dicom.sample_data import installed_sample_roots
+
 __all__ = ["real_roots", "bench"]
 
 
 def real_roots() -> dict[str, Path]:
-    """The folders of real DICOM test files that are installed (never triggers pydicom downloads)."""
-    import pydicom.data
-
-    roots = {"pydicom": Path(pydicom.data.__file__).parent / "test_files"}
-    try:
-        import data_store
-
-        roots["pydicom-data"] = Path(data_store.__file__).parent / "data"
-    except ImportError:
-        pass
-    try:
-        roots["pynetdicom"] = Path(str(importlib.resources.files("pynetdicom") / "tests" / "dicom_files"))
-    except ModuleNotFoundError:
-        pass
-    return {k: v for k, v in roots.items() if v.is_dir()}
+    """The installed folders of real DICOM test files (see :func:`installed_sample_roots`)."""
+    return installed_sample_roots()
 
 
 def _bare_loop(files: list[Path]) -> None:

@@ -6,12 +6,13 @@ A uniquely named module rather than conftest.py, so that other test folders' con
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tanl_guard.dicom.sample_data import installed_sample_roots
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -27,21 +28,8 @@ BIRTH_DATE = "19700101"
 
 
 def real_roots() -> dict[str, Path]:
-    """Installed folders of real DICOM test files (enumerated directly: no pydicom downloads)."""
-    import pydicom.data
-
-    roots = {"pydicom": Path(pydicom.data.__file__).parent / "test_files"}
-    try:
-        import data_store
-
-        roots["pydicom-data"] = Path(data_store.__file__).parent / "data"
-    except ImportError:
-        pass
-    try:
-        roots["pynetdicom"] = Path(str(importlib.resources.files("pynetdicom") / "tests" / "dicom_files"))
-    except ModuleNotFoundError:
-        pass
-    return {k: v for k, v in roots.items() if v.is_dir()}
+    """The installed folders of real DICOM test files (see :func:`installed_sample_roots`)."""
+    return installed_sample_roots()
 
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int, int]]:

@@ -173,8 +173,7 @@ class Screener:
             done = dict(checkpoint["verdicts"])
             report.resumed = len(done)
 
-        state: dict[str, Any] = {"step": len(done), "since_checkpoint": 0, "selected": None,
-                                 "counts": Counter(v["verdict"] for v in done.values())}
+        state: dict[str, Any] = {"step": len(done), "since_checkpoint": 0}
         pending: list[tuple[str, list[SeriesViews]]] = []
         outcomes = []
         total = len(scan.studies)
@@ -182,7 +181,6 @@ class Screener:
         def finish(verdict: StudyVerdict) -> None:
             state["step"] += 1
             state["since_checkpoint"] += 1
-            state["counts"][verdict.verdict] += 1
             line = verdict.to_json()
             line["step"] = state["step"]
             done[verdict.study] = line
