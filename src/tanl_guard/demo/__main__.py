@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "--state", str(out / "state.pt"),
         "--report", str(report),
     ]
-    print("\n$ tanl-guard " + " ".join(command[:1] + ["demo_out/studies"] + command[2:]), flush=True)
+    print("\n$ tanl-guard " + shlex.join(command), flush=True)
     import click
 
     try:
