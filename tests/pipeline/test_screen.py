@@ -102,3 +102,22 @@ def test_other_detectors_screen_too(make_guard, demo_folder, detector):
     report = Screener(make_guard(detector=detector)).run(demo_folder.studies)
     assert len(report.studies) == len(scan_folder(demo_folder.studies, DicomScanConfig()).studies) == 18
     assert all(v.threshold is not None for v in report.studies if v.verdict != "unreadable")
+
+
+def test_thumbnails_of_rejected_studies_only_when_asked(make_guard, demo_folder, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_ids = {}
+    for wanted in (False, True):
+        audit = AuditLogger(AuditConfig(tracking_uri=uri, run_name=f"thumbs-{wanted}", log_thumbnails=wanted))
+        run_ids[wanted] = audit.start(params={}, tags={})
+        report = Screener(make_guard(), ScreenConfig(batch_size=16), audit=audit).run(demo_folder.studies)
+        assert audit.finish()
+    client = MlflowClient(uri)
+    rejected = {v.study for v in report.studies if v.verdict == "reject"}
+    logged = {f.path.rsplit("/", 1)[1][: -len(".png")] for f in client.list_artifacts(run_ids[True], "audit/rejected")}
+    assert rejected and logged == rejected
+    assert not client.list_artifacts(run_ids[False], "audit/rejected")

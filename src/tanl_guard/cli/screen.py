@@ -120,6 +120,9 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
 @click.option("--experiment", default="tanl-guard", show_default=True)
 @click.option("--run-name", default=None)
 @click.option("--no-audit", is_flag=True, help="Do not write an MLflow audit run.")
+@click.option("--thumbnails", is_flag=True,
+              help="Log a thumbnail of each rejected study to MLflow (off by default: pixels can carry burned-in "
+                   "patient data).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per study on stdout, and nothing else.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON lines here.")
 @click.option("--fail-on-reject", is_flag=True, help=f"Exit {EXIT_REJECTED} when a study was rejected.")
@@ -129,7 +132,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
            reference: Path | None, corpus_spec: str, detector: str, device: str, batch_size: int, view: str,
            study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path,
            checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
-           run_name: str | None, no_audit: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
+           run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
            strict: bool, quiet: bool) -> None:
     """Screen every DICOM study under STUDIES_DIR: accept, reject (out of distribution) or unreadable."""
     from ..dicom import DicomScanConfig
@@ -175,7 +178,8 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
 
         resume_run = load_checkpoint(state_path).get("metadata", {}).get("run_id") if resume else None
         try:
-            audit_logger = AuditLogger(AuditConfig(tracking_uri=tracking_uri, experiment=experiment, run_name=run_name))
+            audit_logger = AuditLogger(AuditConfig(tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+                                                   log_thumbnails=thumbnails))
             audit_logger.start(params=settings, tags={
                 "tanl_guard.version": __version__, "encoder.id": guard.encoder.id,
                 "encoder.weights_sha256": guard.encoder.weights_sha256, "corpus.sha256": guard.corpus.sha256,

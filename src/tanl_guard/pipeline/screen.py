@@ -214,6 +214,12 @@ class Screener:
                 report.seconds["gate"] += time.perf_counter() - t
                 for verdict in verdicts:
                     finish(verdict)
+                if self.audit is not None and getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
+                    thumbnails = {sv.series_key: sv.views[0] for _, series in pending for sv in series if sv.ok}
+                    for verdict in verdicts:
+                        if verdict.verdict == REJECT:  # the least in-distribution series shows why
+                            worst = min((s for s in verdict.series if s.id_score is not None), key=lambda s: s.id_score)
+                            self._timed_audit(report, "log_thumbnail", thumbnails[worst.series], verdict.study)
             pending.clear()
             if cfg.state_path and state["since_checkpoint"] >= cfg.checkpoint_every:
                 checkpoint()
