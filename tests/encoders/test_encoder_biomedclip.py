@@ -64,7 +64,7 @@ def test_empty_cache_fails_fast_and_names_the_alternatives(tmp_path, monkeypatch
     start = time.perf_counter()
     with pytest.raises(EncoderNotAvailable) as info:
         resolve("biomedclip")
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30.0  # no hub retries (those take minutes); generous for loaded CI
     err = info.value
     assert isinstance(err, RuntimeError)
     assert err.spec == "biomedclip"
