@@ -15,7 +15,7 @@ Weights are never downloaded by the benchmark: BiomedCLIP comes from the Hugging
 
 from __future__ import annotations
 
-from .real_images import build_parser, run
+from .real_images import build_parser, run_from_args
 
 __all__ = ["main"]
 
@@ -28,13 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         if action.dest == "encoder":
             action.required = True
             action.default = None
-    a = p.parse_args(argv)
-    run(
-        encoder_spec=a.encoder, device=a.device, corpus_spec=a.corpus, corpus_limit=a.corpus_limit,
-        id_labels=tuple(a.id_label or ("brain MRI",)), id_dir=a.id_dir, ood_dirs=a.ood_dir,
-        slices_per_volume=a.slices_per_volume, batch_size=a.batch_size, cache_dir=a.cache_dir,
-        fetch=not a.no_fetch, figures=not a.no_figures, out=a.out, threads=a.threads,
-    )
+    run_from_args(p.parse_args(argv))
     return 0
 
 

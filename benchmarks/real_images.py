@@ -516,14 +516,18 @@ def build_parser(prog: str = COMMAND) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, prog: str = COMMAND) -> int:
-    a = build_parser(prog).parse_args(argv)
+def run_from_args(a: argparse.Namespace) -> None:
+    """Run with the options of :func:`build_parser` (shared with ``benchmarks/encoder.py``)."""
     run(
         encoder_spec=a.encoder, device=a.device, corpus_spec=a.corpus, corpus_limit=a.corpus_limit,
         id_labels=tuple(a.id_label or ("brain MRI",)), id_dir=a.id_dir, ood_dirs=a.ood_dir,
         slices_per_volume=a.slices_per_volume, batch_size=a.batch_size, cache_dir=a.cache_dir,
         fetch=not a.no_fetch, figures=not a.no_figures, out=a.out, threads=a.threads,
     )
+
+
+def main(argv: list[str] | None = None, prog: str = COMMAND) -> int:
+    run_from_args(build_parser(prog).parse_args(argv))
     return 0
 
 
