@@ -79,6 +79,8 @@ def test_resume_continues_exactly_where_it_stopped(make_guard, demo_folder, tmp_
     assert not set(resumed_calls) & set(calls[: resumed.resumed])  # nothing checkpointed is screened twice
     assert len(resumed_calls) + resumed.resumed == len(full.studies)  # and nothing is skipped
     assert [v.to_json() for v in resumed.studies] == [v.to_json() for v in full.studies]
+    assert resumed.file_counts == full.file_counts and "pending" not in full.file_counts
+    assert resumed.lines() == full.lines()
 
 
 def test_resume_refuses_another_folder_or_order(make_guard, demo_folder, tmp_path):

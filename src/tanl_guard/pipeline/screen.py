@@ -165,22 +165,26 @@ class Screener:
         folder_key = self._folder_key(scan)
 
         done: dict[str, dict[str, Any]] = {}
+        checkpoint_in: dict[str, Any] = {}
         if cfg.resume:
-            checkpoint = load_checkpoint(cfg.state_path)
-            if checkpoint["folder"] != folder_key or checkpoint["order"] != [cfg.order, cfg.seed]:
+            checkpoint_in = load_checkpoint(cfg.state_path)
+            if checkpoint_in["folder"] != folder_key or checkpoint_in["order"] != [cfg.order, cfg.seed]:
                 raise ValueError("the checkpoint was written for another folder or another screening order")
-            guard.load_state_dict(checkpoint["guard"])
-            done = dict(checkpoint["verdicts"])
+            guard.load_state_dict(checkpoint_in["guard"])
+            done = dict(checkpoint_in["verdicts"])
             report.resumed = len(done)
 
-        state: dict[str, Any] = {"step": len(done), "since_checkpoint": 0}
+        # Final outcomes of the files decoded per study (counts only: checkpoints hold no file names).
+        state: dict[str, Any] = {"step": len(done), "since_checkpoint": 0,
+                                 "file_counts": Counter(checkpoint_in.get("file_counts", {})),
+                                 "orphans_logged": bool(checkpoint_in.get("orphans_logged", False))}
         pending: list[tuple[str, list[SeriesViews]]] = []
-        outcomes = []
         total = len(scan.studies)
 
-        def finish(verdict: StudyVerdict) -> None:
+        def finish(verdict: StudyVerdict, series: list[SeriesViews]) -> None:
             state["step"] += 1
             state["since_checkpoint"] += 1
+            state["file_counts"].update(o.status.value for sv in series for o in sv.outcomes)
             line = verdict.to_json()
             line["step"] = state["step"]
             done[verdict.study] = line
@@ -212,8 +216,8 @@ class Screener:
                     verdicts.append(study_verdict(study_key, judged, guard.policy.study_policy,
                                                   guard.policy.top_negatives, state["step"] + len(verdicts) + 1))
                 report.seconds["gate"] += time.perf_counter() - t
-                for verdict in verdicts:
-                    finish(verdict)
+                for verdict, (_, series) in zip(verdicts, pending):
+                    finish(verdict, series)
                 if self.audit is not None and getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
                     thumbnails = {sv.series_key: sv.views[0] for _, series in pending for sv in series if sv.ok}
                     for verdict in verdicts:
@@ -228,6 +232,7 @@ class Screener:
             save_checkpoint(cfg.state_path, {
                 "folder": folder_key, "order": [cfg.order, cfg.seed], "guard": guard.state_dict(),
                 "verdicts": dict(done), "step": state["step"], "metadata": self.checkpoint_metadata,
+                "file_counts": dict(state["file_counts"]), "orphans_logged": state["orphans_logged"],
             })
             state["since_checkpoint"] = 0
             self._timed_audit(report, "log_state", guard.snapshot(), step=state["step"])
@@ -244,7 +249,6 @@ class Screener:
             t = time.perf_counter()
             series = [load_series_views(s, self.config.view, self.dicom_config) for s in study.series]
             report.seconds["ingest"] += time.perf_counter() - t
-            outcomes += [sv.without_views() for sv in series]
             if not any(sv.ok for sv in series):
                 verdict = study_verdict(study.study_key, [_unreadable_series(sv) for sv in series],
                                         guard.policy.study_policy, guard.policy.top_negatives, state["step"] + 1)
@@ -254,26 +258,28 @@ class Screener:
                     files = ", ".join(f"{n} file{'s' if n > 1 else ''} {reason}" for reason, n in counts.items())
                     verdict = replace(verdict, reason=f"no readable series ({files})" if not series
                                       else f"{verdict.reason}; {files}")
-                finish(verdict)
+                finish(verdict, series)
                 continue
             pending.append((study.study_key, series))
             if sum(len(sv.views) for _, s in pending for sv in s if sv.ok) >= cfg.batch_size:
                 flush()
         flush()
+
+        report.orphans = [  # unreadable already at the scan, and part of no study
+            StudyVerdict(study=None, verdict=UNREADABLE,
+                         reason=f"file {o.path_key}: {o.reason.value if o.reason else 'unreadable'}"
+                         + (f": {o.detail}" if o.detail else ""))
+            for o in scan.outcomes
+            if o.status is FileStatus.UNREADABLE and o.study_key is None
+        ]
+        if report.orphans and not state["orphans_logged"]:
+            self._timed_audit(report, "log_verdicts", [o.to_json() for o in report.orphans], step=state["step"])
+        state["orphans_logged"] = True
         if cfg.state_path:
             checkpoint()
             self._timed_audit(report, "log_artifact_file", cfg.state_path, "state")
 
-        resolved = scan.resolve(outcomes)
-        report.file_counts = resolved.status_counts()
+        scanned = Counter(o.status.value for o in scan.outcomes if o.status is not FileStatus.PENDING)
+        report.file_counts = dict(sorted((scanned + state["file_counts"]).items()))
         report.studies = [_verdict_from_json(done[s.study_key]) for s in scan.studies]
-        report.orphans = [
-            StudyVerdict(study=None, verdict=UNREADABLE,
-                         reason=f"file {o.path_key}: {o.reason.value if o.reason else 'unreadable'}"
-                         + (f": {o.detail}" if o.detail else ""))
-            for o in resolved.outcomes
-            if o.status is FileStatus.UNREADABLE and o.study_key is None
-        ]
-        if report.orphans:
-            self._timed_audit(report, "log_verdicts", [o.to_json() for o in report.orphans], step=state["step"])
         return report
