@@ -151,6 +151,7 @@ class Guard:
         progress: bool = False,
         seed: int = 0,
         modality_gap: str = "noise",
+        near_id_threshold: float | None = 0.95,
     ) -> Guard:
         """Resolve the encoder, build the anchors and the corpus, and return a ready guard.
 
@@ -168,8 +169,10 @@ class Guard:
             progress: show progress bars (stderr) while embedding the corpus.
             seed: seeds the cold start.
             modality_gap: how image-prototype anchors are placed beside text labels (see the class docs).
+            near_id_threshold: drop corpus labels whose cosine to an ID text anchor exceeds this (synonyms of
+                the ID labels, which would otherwise count as negatives); None keeps them all.
         """
-        from ..corpora import embed_corpus, load_corpus
+        from ..corpora import drop_near_id, embed_corpus, load_corpus
         from ..encoders import build_id_anchors, resolve
 
         if isinstance(encoder, str):
@@ -184,6 +187,16 @@ class Guard:
             corpus = load_corpus(corpus)
         corpus = corpus.without_id_labels(list(labels) + list(reference_images or {}))
         corpus_embeddings = embed_corpus(encoder, corpus, cache_dir=cache_dir, progress=progress)
+        text_columns = [i for i, kind in enumerate(anchors.kinds) if kind == "text"]
+        if near_id_threshold is not None and text_columns:
+            # With the encoder in use, drop labels that are synonyms of an ID label (CSP's rule); string matching
+            # above only catches the label itself and its plurals.
+            id_text = anchors.embeddings[text_columns].to(corpus_embeddings)
+            kept = drop_near_id(corpus_embeddings, corpus, id_text, near_id_threshold)
+            if len(kept) < len(corpus):
+                log.info("dropped %d corpus labels within cosine %.2f of an ID label", len(corpus) - len(kept),
+                         near_id_threshold)
+                corpus, corpus_embeddings = corpus.subset(kept), corpus_embeddings[kept]
         guard = cls(encoder, anchors, corpus, corpus_embeddings, detector, policy, config, seed, modality_gap)
         if guard.policy.threshold.mode == "calibrated":
             if not reference_images:
