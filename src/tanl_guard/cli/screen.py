@@ -20,12 +20,9 @@ EXIT_REJECTED, EXIT_UNREADABLE = 3, 4
 
 
 def _read_labels(id_label: tuple[str, ...], id_labels: Path | None) -> list[str]:
-    labels = list(id_label)
-    if id_labels is not None:
-        for line in id_labels.read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                labels.append(line)
+    from ..corpora import read_label_file  # the one label-file format of the project
+
+    labels = list(id_label) + (read_label_file(id_labels) if id_labels is not None else [])
     return list(dict.fromkeys(labels))
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 from .data import ID_LABELS, build_demo_folder
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Building the demo folder under {out} from images shipped in installed packages ...", flush=True)
     demo = build_demo_folder(out)
     print(f"  {len(demo.expected)} inputs: "
-          + ", ".join(f"{n} {k}" for k, n in sorted(_count(demo.expected.values()).items())), flush=True)
+          + ", ".join(f"{n} {k}" for k, n in sorted(Counter(demo.expected.values()).items())), flush=True)
 
     from ..cli.main import cli
 
@@ -62,13 +63,6 @@ def main(argv: list[str] | None = None) -> int:
           f"  .venv/bin/tanl-guard ui --tracking-uri sqlite:///{out / 'mlflow.db'}\n"
           f"then browse http://127.0.0.1:5000 (experiment 'tanl-guard', run 'demo').")
     return 0
-
-
-def _count(values) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    return counts
 
 
 def _compare(demo, report: Path) -> None:

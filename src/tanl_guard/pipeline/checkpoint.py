@@ -10,22 +10,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "atomic_torch_save", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "tanl_guard.screen.v1"
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (tensors, hashed keys, verdict dicts) to ``path`` via a temporary file and a rename.
-
-    A crash mid-write leaves the previous checkpoint intact.
-    """
+def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
+    """``torch.save`` to a temporary file, fsync, then rename: a crash mid-write leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": CHECKPOINT_FORMAT, **payload}, handle)
+            torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -33,6 +30,11 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (tensors, hashed keys, verdict dicts) to ``path`` atomically."""
+    return atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **payload})
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

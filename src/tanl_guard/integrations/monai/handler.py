@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from tanl_guard._optional import optional_import
+from tanl_guard.pipeline.checkpoint import atomic_torch_save
 
 from .verdicts import items_from_meta
 
@@ -275,10 +276,7 @@ class OODAuditHandler:
             snapshot = dict(guard.snapshot())
             self.logger.log_state(snapshot, step=step)
         if self.state_path is not None:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-            torch.save(guard.state_dict(), tmp)
-            os.replace(tmp, self.state_path)  # atomic: a crash never leaves a torn checkpoint
+            atomic_torch_save(self.state_path, guard.state_dict())  # a crash never leaves a torn checkpoint
             if self.logger is not None:
                 self.logger.log_artifact_file(self.state_path, "state")
 
