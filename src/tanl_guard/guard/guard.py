@@ -361,11 +361,6 @@ class Guard:
             out["health"] = self.health()
             return out
 
-    def selected_negatives(self) -> list[str]:
-        """The negative labels the detector currently scores against, strongest first (TANL: its selection)."""
-        selected = getattr(self.detector, "selected", None)
-        return [] if selected is None else [self.corpus.labels[int(i)] for i in selected]
-
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
             return {
