@@ -34,6 +34,12 @@ class DicomScanConfig:
         max_failed_instances: files of one series that may fail to decode (each replaced by the nearest other
             slice) before the whole series is reported unreadable.
         read_dicomdir: read DICOMDIR files to count the files they reference and report missing ones.
+        max_header_bytes: the most inflated bytes of a deflated dataset kept before its pixel data (larger:
+            ``header_too_large``); also the largest DICOMDIR record sequence read. Non-pixel values over 1 MiB
+            (``tanl_guard.dicom.header.DEFER_BYTES``) are never loaded, whatever the encoding.
+        max_header_elements: the most data elements before the pixel data, nested ones included (pydicom holds
+            about 0.7 KB per parsed item: a sequence of a million empty items is 8 MB on disk and 0.7 GB parsed);
+            larger headers are ``header_too_large``.
     """
 
     salt: str | None = None
@@ -47,11 +53,14 @@ class DicomScanConfig:
     dedupe: bool = True
     max_failed_instances: int = 3
     read_dicomdir: bool = True
+    max_header_bytes: int = 32 * 1024 * 1024
+    max_header_elements: int = 500_000
 
     def __post_init__(self) -> None:
         if isinstance(self.view, str):
             object.__setattr__(self, "view", ViewSpec.parse(self.view))
-        for name in ("max_pixels_per_frame", "max_frames", "max_pixels_per_series"):
+        for name in ("max_pixels_per_frame", "max_frames", "max_pixels_per_series", "max_header_bytes",
+                     "max_header_elements"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.decoding_plugins is not None:
