@@ -123,7 +123,8 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per study on stdout, and nothing else.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON lines here.")
 @click.option("--fail-on-reject", is_flag=True, help=f"Exit {EXIT_REJECTED} when a study was rejected.")
-@click.option("--strict", is_flag=True, help=f"Exit {EXIT_UNREADABLE} when inputs were unreadable.")
+@click.option("--strict", is_flag=True, help=f"Exit {EXIT_UNREADABLE} when inputs were unreadable or conflicting "
+              "(files sharing an SOP Instance UID with other content).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
            reference: Path | None, corpus_spec: str, detector: str, device: str, batch_size: int, view: str,
@@ -230,6 +231,6 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
     if fail_on_reject and counts["reject"]:
         sys.exit(EXIT_REJECTED)
     unreadable = counts["unreadable"] or counts["orphan_files"] or any(
-        s.verdict == "unreadable" for v in result.studies for s in v.series)
+        s.verdict == "unreadable" for v in result.studies for s in v.series) or any(v.conflicts for v in result.studies)
     if strict and unreadable:
         sys.exit(EXIT_UNREADABLE)

@@ -14,7 +14,7 @@ from tanl_guard.dicom.header import DEFER_BYTES, DEFLATED, native_frame_bytes, r
 from tanl_guard.dicom.outcomes import Reason, ReasonError
 from tanl_guard.dicom.vocabulary import Term, detail, errno_name, photometric_term, uid_name
 
-__all__ = ["DecodeError", "decode_frames", "to_unit_range", "missing_decoder_packages"]
+__all__ = ["DecodeError", "decode_frames", "reduce_frame", "to_unit_range", "missing_decoder_packages"]
 
 _J2K_FAMILY = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
                "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
@@ -134,7 +134,8 @@ def _plugins_to_try(ts: str, allowed: tuple[str, ...] | None) -> list[str]:
 
 def decode_frames(
     path: Path, transfer_syntax: str, frames: list[int], allowed: tuple[str, ...] | None = None, forced: bool = False,
-    expected: tuple[int, int, int] | None = None, max_header_bytes: int = 32 << 20, max_header_elements: int = 500_000,
+    expected: tuple[int, int, int] | None = None, max_header_bytes: int = 32 << 20, max_header_elements: int = 200_000,
+    max_side: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode the given frames of one file, each mapped to float32 in [0, 1].
 
@@ -151,6 +152,7 @@ def decode_frames(
         expected: ``(Rows, Columns, Samples per Pixel)`` of the header, for the codestream check (``None``: skip).
         max_header_bytes: inflated bytes kept before the pixel data of a deflated file.
         max_header_elements: elements allowed before the pixel data of a deflated file.
+        max_side: reduce each frame by an integer factor so that its longer side is at most this (``None``: keep).
 
     Raises:
         DecodeError: with the reason category when the pixels cannot be decoded.
@@ -169,7 +171,7 @@ def decode_frames(
         out: list[tuple[int, np.ndarray]] = []
         try:
             if transfer_syntax == DEFLATED:  # the pixel data sit inside the deflate stream
-                out = _decode_deflated(path, frames, plugin, max_header_bytes, max_header_elements)
+                out = _decode_deflated(path, frames, plugin, max_header_bytes, max_header_elements, max_side)
             else:
                 hdr = Dataset()
                 kwargs: dict[str, Any] = {"ds_out": hdr, "specific_tags": _FG_TAGS}
@@ -177,14 +179,15 @@ def decode_frames(
                     kwargs["transfer_syntax_uid"] = transfer_syntax
                 pixels = iter_pixels(path, indices=frames, decoding_plugin=plugin, **kwargs)
                 for frame, arr in zip(frames, pixels, strict=False):
-                    out.append((frame, to_unit_range(arr, hdr, frame)))
+                    out.append((frame, to_unit_range(arr, hdr, frame, max_side)))
+                    del arr
             if len(out) < len(frames):
                 raise DecodeError(Reason.TRUNCATED_PIXEL_DATA,
                                   detail("decoded {n} of {k} requested frames", n=len(out), k=len(frames)))
         except Exception as exc:  # every codec failure becomes a reason, never an escaping exception
             err = _classify(exc, transfer_syntax, allowed)
             retry = err.reason not in (Reason.MISSING_DECODER, Reason.IO_ERROR, Reason.PERMISSION_DENIED)
-            out = _decode_whole(path, frames, plugin, forced, transfer_syntax) if retry else []
+            out = _decode_whole(path, frames, plugin, forced, transfer_syntax, max_side) if retry else []
             if not out:
                 errors.append(err)
                 continue
@@ -193,8 +196,8 @@ def decode_frames(
     raise errors[0] if len(errors) == 1 else _merge(errors)
 
 
-def _decode_deflated(path: Path, frames: list[int], plugin: str, max_bytes: int,
-                     max_elements: int) -> list[tuple[int, np.ndarray]]:
+def _decode_deflated(path: Path, frames: list[int], plugin: str, max_bytes: int, max_elements: int,
+                     max_side: int | None) -> list[tuple[int, np.ndarray]]:
     """Inflate a deflated file as a stream and decode the requested frames; memory holds the header (at most
     ``max_bytes``) and those frames, whatever the stream inflates to."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -231,7 +234,11 @@ def _decode_deflated(path: Path, frames: list[int], plugin: str, max_bytes: int,
             if len(data) < need:
                 raise DecodeError(Reason.TRUNCATED_PIXEL_DATA, "the deflated pixel data end early")
     flat = Dataset()
-    flat.update({elem.tag: elem for elem in ds if elem.tag.group != 0x7FE0})
+    # Raw elements, unconverted (``get_item`` would load a deferred value: from the deflated file, i.e. garbage);
+    # deferred ones (value None) are left out.
+    for tag, elem in ds._dict.items():
+        if tag >> 16 != 0x7FE0 and not (getattr(elem, "value", 0) is None and getattr(elem, "length", 0)):
+            flat[tag] = elem
     flat.file_meta = FileMetaDataset()
     flat.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     if "NumberOfFrames" in ds or kept > 1:
@@ -240,10 +247,11 @@ def _decode_deflated(path: Path, frames: list[int], plugin: str, max_bytes: int,
     flat.add_new(0x7FE00010, "OW" if bits > 8 else "OB", data)
     del data
     arrays = iter_pixels(flat, indices=indices, decoding_plugin=plugin)
-    return [(frame, to_unit_range(arr, ds, frame)) for frame, arr in zip(frames, arrays, strict=False)]
+    return [(frame, to_unit_range(arr, flat, frame, max_side)) for frame, arr in zip(frames, arrays, strict=False)]
 
 
-def _decode_whole(path: Path, frames: list[int], plugin: str, forced: bool, ts: str) -> list[tuple[int, np.ndarray]]:
+def _decode_whole(path: Path, frames: list[int], plugin: str, forced: bool, ts: str,
+                  max_side: int | None) -> list[tuple[int, np.ndarray]]:
     """Second try on a full read: pydicom's dataset path tolerates some encodings the streaming path rejects
     (e.g. encapsulated pixel data stored with a defined length). Bounded by the file size, by the header size
     checks of the scan and by the codestream check; values over ``DEFER_BYTES`` other than the pixel data are not
@@ -262,7 +270,7 @@ def _decode_whole(path: Path, frames: list[int], plugin: str, forced: bool, ts: 
         arrs = list(iter_pixels(ds, indices=frames, decoding_plugin=plugin))
         if len(arrs) < len(frames):
             return []
-        return [(f, to_unit_range(a, ds, f)) for f, a in zip(frames, arrs, strict=True)]
+        return [(f, to_unit_range(a, ds, f, max_side)) for f, a in zip(frames, arrs, strict=True)]
     except Exception:
         return []
 
@@ -335,7 +343,33 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo)
 
 
-def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0) -> np.ndarray:
+def reduce_frame(arr: np.ndarray, max_side: int | None, palette: bool = False) -> np.ndarray:
+    """Reduce a decoded frame by the smallest integer factor k that brings its longer side to ``max_side`` or less.
+
+    Block means of k x k pixels, rounded back to the stored type so that LUTs still apply; palette indices are
+    subsampled instead (a mean of indices means nothing). The encoder resizes to a few hundred pixels anyway; this
+    bounds the float working set of a frame and the memory of the views waiting for a gate batch.
+
+    Args:
+        arr: one decoded frame, (H, W) or (H, W, C).
+        max_side: the longest side allowed (``None`` or ``0``: no reduction).
+        palette: the frame holds palette indices.
+    """
+    if not max_side or arr.ndim < 2:
+        return arr
+    h, w = arr.shape[:2]
+    k = -(-max(h, w) // max_side)
+    if k <= 1:
+        return arr
+    if palette:
+        return np.ascontiguousarray(arr[::k, ::k])
+    hh, ww = h // k * k, w // k * k
+    blocks = arr[:hh, :ww].reshape(hh // k, k, ww // k, k, *arr.shape[2:])
+    mean = blocks.mean(axis=(1, 3))  # a buffered reduction: no full-size float copy
+    return np.rint(mean).astype(arr.dtype) if arr.dtype.kind in "iub" else mean.astype(arr.dtype)
+
+
+def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0, max_side: int | None = None) -> np.ndarray:
     """Map one decoded frame to float32 in [0, 1], (H, W) for monochrome or (H, W, 3) for colour.
 
     Monochrome: modality LUT (rescale or LUT), then VOI LUT or window (first one), else min-max; MONOCHROME1 is
@@ -346,10 +380,12 @@ def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0) -> np.ndarray:
         arr: one decoded frame from pydicom.
         hdr: the dataset holding the Image Pixel, Modality LUT and VOI LUT attributes.
         frame: the frame index (for per-frame functional groups).
+        max_side: first reduce the frame so that its longer side is at most this (see :func:`reduce_frame`).
     """
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
     photometric = str(hdr.get("PhotometricInterpretation", "") or "").upper().strip()
+    arr = reduce_frame(arr, max_side, palette=photometric == "PALETTE COLOR")
     if arr.dtype.kind == "f":  # Float / Double Float Pixel Data: no LUTs apply
         out = _minmax(arr.astype(np.float64))
     elif photometric == "PALETTE COLOR":

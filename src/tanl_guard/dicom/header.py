@@ -243,6 +243,13 @@ class _Budget:
                 self.fh.seek(self.fh.tell() + length)
 
 
+def _has_standard_tag(dataset: Any) -> bool:
+    """Whether a parsed dataset holds any element of the DICOM dictionary (random bytes almost never do)."""
+    from pydicom.datadict import dictionary_has_tag
+
+    return any(dictionary_has_tag(tag) for tag in dataset.keys())
+
+
 def _encoding(fh: BinaryIO, ts: str) -> tuple[bool, bool]:
     """(implicit, little) as pydicom's ``read_partial`` decides them; ``fh`` at the dataset start."""
     if ts == _IMPLICIT_LE:
@@ -265,7 +272,7 @@ def _encoding(fh: BinaryIO, ts: str) -> tuple[bool, bool]:
 
 
 def read_header(fh: BinaryIO, *, force: bool = False, max_bytes: int = 32 << 20,
-                max_elements: int = 500_000) -> Header:
+                max_elements: int = 200_000) -> Header:
     """Read a header up to the pixel data within the bounds of this module.
 
     Args:
@@ -304,7 +311,7 @@ def read_header(fh: BinaryIO, *, force: bool = False, max_bytes: int = 32 << 20,
         raise
     except Exception:  # pydicom fails on short reads at the end of the file: a header cut short
         at_end = reader.exhausted if reader is not None else source.tell() >= size
-        if at_end:
+        if at_end and ts:
             raise ReasonError(Reason.TRUNCATED_HEADER, "the file ends inside the header") from None
         raise
     if command_set:
@@ -322,5 +329,7 @@ def read_header(fh: BinaryIO, *, force: bool = False, max_bytes: int = 32 << 20,
     # No pixel data: the header is all there is, so it must end exactly where its last value ends.
     end_of_data = reader.total if reader is not None else size
     if budget.end > end_of_data or 0 < end_of_data - budget.end < 8 or (reader is not None and not reader.complete):
+        if not (ts or _has_standard_tag(dataset)):  # noise after a preamble, not a DICOM header cut short
+            raise ReasonError(Reason.INVALID_FILE, "header cannot be parsed")
         raise ReasonError(Reason.TRUNCATED_HEADER, "the file ends inside the header")
     return Header(ds, ts, False, None, pos, None if reader is not None else 0, reader)

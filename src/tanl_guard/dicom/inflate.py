@@ -67,8 +67,10 @@ class InflatingReader(io.RawIOBase):
             raise OSError("an inflating reader reads bounded amounts only")
         self._fill(self._pos + size)
         start = self._pos - self._base
-        out = bytes(self._buf[start:start + size])
+        with memoryview(self._buf) as view:
+            out = bytes(view[start:start + size])  # one copy, not a bytearray slice and then bytes
         self._pos += len(out)
+        self._drop_to(self._pos)  # streaming: the bytes read are not kept twice
         return out
 
     # ---------------------------------------------------------------- streaming past the header
@@ -88,7 +90,7 @@ class InflatingReader(io.RawIOBase):
         """Move ``n`` bytes forward, inflating and discarding (streaming mode)."""
         target = self._pos + n
         while self.total < target and not self.exhausted:
-            self._drop_to(self._pos)
+            self._drop_to(self.total)  # all inflated so far lies before the target
             self._more(min(_CHUNK * 16, target - self.total))
         self._pos = min(target, self.total)
         self._drop_to(self._pos)

@@ -75,8 +75,9 @@ class SeriesRecord:
         issue_detail: explanation of ``issue``.
         rel_paths: every file of the series that reached grouping (kept, duplicates and rejected), for outcomes.
         root: the scan root the relative paths start from (absolute; used for decoding, never reported).
-        conflicts: files of this series that share an SOP Instance UID with a file of other content. The other
-            contents form series of their own (keyed from this one), so that no image is hidden by dedupe.
+        conflicts: 1 for a series made of one file that shares its SOP Instance UID with a file of other content,
+            else 0. Every version of such a UID leaves its series and becomes a one-file series of its own (keyed
+            from the series and the file), so that dedupe hides no image.
     """
 
     series_key: str

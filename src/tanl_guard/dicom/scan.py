@@ -9,7 +9,6 @@ import os
 import stat
 import struct
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,6 +20,7 @@ from tanl_guard.dicom.config import DicomScanConfig
 from tanl_guard.dicom.header import Header, native_frame_bytes, read_header
 from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason, ReasonError
 from tanl_guard.dicom.privacy import Hasher, resolve_salt
+from tanl_guard.dicom.quiet import quiet_pydicom
 from tanl_guard.dicom.records import InstanceRecord, ScanResult, SeriesRecord, StudyRecord
 from tanl_guard.dicom.vocabulary import Term, detail, errno_name, modality_term, uid_name
 
@@ -329,6 +329,10 @@ class _Scanner:
                 rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE, detail(
                     "{r}x{c}x{s} per frame exceeds max_pixels_per_frame={m}",
                     r=rows, c=columns, s=samples, m=limits.max_pixels_per_frame), **keys)
+            elif rows * columns * samples * max(1, int(bits) // 8) > limits.max_frame_bytes:
+                rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE, detail(
+                    "{n} bytes per decoded frame exceed max_frame_bytes={m}",
+                    n=rows * columns * samples * max(1, int(bits) // 8), m=limits.max_frame_bytes), **keys)
             elif frames > limits.max_frames:
                 rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE, detail(
                     "{f} frames exceed max_frames={m}", f=frames, m=limits.max_frames), **keys)
@@ -378,7 +382,7 @@ class _Scanner:
         if not self.config.read_dicomdir:
             return
         try:
-            elem = ds.get_item(0x00041220)
+            elem = ds._dict.get(0x00041220)  # not get_item: it would load a deferred value whole
             raw = elem.value if elem is not None else None
             length = getattr(elem, "length", 0) or 0
             if raw is None and not deflated and 0 < length <= self.config.max_header_bytes:
@@ -486,21 +490,20 @@ def _content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _split_instances(scanner: _Scanner, items: list[_Header], keys: dict[str, str],
-                     outcomes: dict[str, FileOutcome]) -> tuple[list[list[InstanceRecord]], set[str], FileOutcome | None]:
-    """Instances of one series, and the copies that conflict with them.
+def _split_instances(scanner: _Scanner, items: list[_Header], keys: dict[str, str], outcomes: dict[str, FileOutcome],
+                     ) -> tuple[list[InstanceRecord], list[InstanceRecord], FileOutcome | None]:
+    """The instances of one series, and the files in conflict.
 
     Files sharing an SOP Instance UID with identical content (see :func:`_content_digest`) are duplicates: one is
-    kept, the others get ``duplicate``. A file with the same UID and other content is a conflict: an image that
-    dedupe would hide. Group 0 is the series; group k holds the k-th other content of each conflicting UID, so that
-    every conflicting image is decoded and judged too.
+    kept, the others get ``duplicate``. Files sharing it with other content are in conflict: dedupe would keep one
+    and hide the others (an ultrasound frame saved under the UID of an MR slice), and which one survives would
+    depend on file names. So every version leaves the series and is judged on its own.
 
     Returns:
-        The groups, the SOP keys in conflict, and the first file rejected on its header.
+        The series' instances, the conflicting files, and the first file rejected on its header.
     """
-    groups: list[list[InstanceRecord]] = [[]]
     first_reject: FileOutcome | None = None
-    seen: dict[str, list[str]] = {}  # SOP key -> one file per distinct content, in group order
+    versions: dict[str, list[_Header]] = {}  # SOP key -> one file per distinct content
     digests: dict[str, str] = {}
 
     def digest(rel: str) -> str:
@@ -513,29 +516,28 @@ def _split_instances(scanner: _Scanner, items: list[_Header], keys: dict[str, st
     items.sort(key=lambda h: (h.rejected is not None, not h.instance.has_pixels,
                               not _decodable(h.instance.transfer_syntax),
                               _is_encapsulated(h.instance.transfer_syntax), h.rel_path))
+    kept: list[InstanceRecord] = []
     for h in items:
         if h.rejected is not None:
             outcomes[h.rel_path] = h.rejected
             first_reject = first_reject or h.rejected
             continue
         sop = h.instance.sop_key
-        if not scanner.config.dedupe or sop not in seen:
-            seen[sop] = [h.rel_path]
-            groups[0].append(h.instance)
+        if not scanner.config.dedupe or sop not in versions:
+            versions[sop] = [h]
+            kept.append(h.instance)
             continue
-        same = next((rel for rel in seen[sop] if digest(rel) == digest(h.rel_path)), None)
-        if same is not None:
-            outcomes[h.rel_path] = scanner.outcome(
-                h.rel_path, FileStatus.DUPLICATE, Reason.DUPLICATE_INSTANCE,
-                detail("same SOP Instance UID and content as file {key}", key=Term(scanner.hash("path", same))), **keys,
-            )
+        same = next((v for v in versions[sop] if digest(v.rel_path) == digest(h.rel_path)), None)
+        if same is None:
+            versions[sop].append(h)
             continue
-        seen[sop].append(h.rel_path)
-        k = len(seen[sop]) - 1
-        if len(groups) <= k:
-            groups.append([])
-        groups[k].append(h.instance)
-    return groups, {sop for sop, rels in seen.items() if len(rels) > 1}, first_reject
+        outcomes[h.rel_path] = scanner.outcome(
+            h.rel_path, FileStatus.DUPLICATE, Reason.DUPLICATE_INSTANCE,
+            detail("same SOP Instance UID and content as file {key}", key=Term(same.instance.path_key)), **keys,
+        )
+    conflicting = {sop for sop, vs in versions.items() if len(vs) > 1}
+    series = [i for i in kept if i.sop_key not in conflicting]
+    return series, [v.instance for sop in sorted(conflicting) for v in versions[sop]], first_reject
 
 
 def _group(scanner: _Scanner, headers: list[_Header], outcomes: dict[str, FileOutcome]) -> tuple[StudyRecord, ...]:
@@ -547,27 +549,32 @@ def _group(scanner: _Scanner, headers: list[_Header], outcomes: dict[str, FileOu
 
     studies: dict[str, tuple[str, list[SeriesRecord]]] = {}
     for (study_key, base_key), items in sorted(by_series.items()):
-        groups, conflicted, first_reject = _split_instances(
+        kept, conflicting, first_reject = _split_instances(
             scanner, items, {"study_key": study_key, "series_key": base_key}, outcomes)
-        for k, kept in enumerate(groups):
-            series_key = base_key if k == 0 else scanner.hash("series", f"{base_key}\x00conflict:{k}")
+        # the series, then one series per conflicting file (each judged on its own views)
+        groups: list[tuple[str, list[InstanceRecord], int]] = []
+        if kept or first_reject is not None or not conflicting:
+            groups.append((base_key, kept, 0))
+        groups += [(scanner.hash("series", f"{base_key}\x00conflict:{i.path_key}"), [i], 1) for i in conflicting]
+        moved = {i.rel_path for i in conflicting}
+        for series_key, members, conflicts in groups:
             keys = {"study_key": study_key, "series_key": series_key}
-            use_position = bool(kept) and all(i.position is not None for i in kept)
-            kept.sort(key=lambda i: _order_key(i, use_position))
+            use_position = bool(members) and all(i.position is not None for i in members)
+            members.sort(key=lambda i: _order_key(i, use_position))
             issue: Reason | None = None
             why = ""
-            if not kept:
+            if not members:
                 assert first_reject is not None
                 issue, why = first_reject.reason, f"no usable file: {first_reject.detail}"
-            elif not any(i.has_pixels for i in kept):
+            elif not any(i.has_pixels for i in members):
                 issue, why = Reason.NO_PIXEL_DATA, "image objects without Pixel Data"
             else:
-                total = sum(i.frame_pixels * i.frames for i in kept)
+                total = sum(i.frame_pixels * i.frames for i in members)
                 if total > config.max_pixels_per_series:
                     issue = Reason.IMAGE_TOO_LARGE
                     why = detail("{n} declared pixels exceed max_pixels_per_series={m}",
                                  n=total, m=config.max_pixels_per_series)
-            for inst in kept:
+            for inst in members:
                 if issue is not None:
                     outcomes[inst.rel_path] = scanner.outcome(inst.rel_path, FileStatus.UNREADABLE, issue, why, **keys)
                 elif not inst.has_pixels:
@@ -576,19 +583,19 @@ def _group(scanner: _Scanner, headers: list[_Header], outcomes: dict[str, FileOu
                         **keys)
                 else:
                     outcomes[inst.rel_path] = scanner.outcome(inst.rel_path, FileStatus.PENDING, None, "", **keys)
-            members = {i.rel_path for i in kept}
-            if k == 0:  # the series also owns its duplicates and rejected files
-                members |= {h.rel_path for h in items if h.rel_path not in {i.rel_path for g in groups[1:] for i in g}}
+            paths = {i.rel_path for i in members}
+            if series_key == base_key:  # the series also owns its duplicates and rejected files
+                paths |= {h.rel_path for h in items if h.rel_path not in moved}
             series = SeriesRecord(
                 series_key=series_key,
                 study_key=study_key,
-                modality=next((h.modality for h in items if h.rel_path in members and h.modality), ""),
-                instances=tuple(kept),
+                modality=next((h.modality for h in items if h.rel_path in paths and h.modality), ""),
+                instances=tuple(members),
                 issue=issue,
                 issue_detail=why,
-                rel_paths=tuple(sorted(members)),
+                rel_paths=tuple(sorted(paths)),
                 root=scanner.root,
-                conflicts=sum(1 for i in kept if i.sop_key in conflicted),
+                conflicts=conflicts,
             )
             studies.setdefault(study_key, (items[0].patient_key, []))[1].append(series)
     return tuple(StudyRecord(k, p, tuple(s)) for k, (p, s) in sorted(studies.items()))
@@ -634,8 +641,7 @@ def _scan(root: Path, entries: Iterator[tuple[str, Path | None, FileOutcome | No
     scanner = _Scanner(root, config, Hasher(resolve_salt(config.salt)))
     outcomes: dict[str, FileOutcome] = {}
     headers: list[_Header] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on every quirk; outcomes carry what matters
+    with quiet_pydicom():  # pydicom warns and logs on every quirk, quoting values; outcomes carry what matters
         for rel, path, pre in entries:
             if pre is not None:
                 outcomes[rel] = FileOutcome(rel, scanner.hash("path", rel), pre.status, pre.reason, pre.detail)

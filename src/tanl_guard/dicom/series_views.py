@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -14,6 +13,7 @@ from tanl_guard._optional import optional_import
 from tanl_guard.dicom.config import DicomScanConfig
 from tanl_guard.dicom.decode import DecodeError, decode_frames
 from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason
+from tanl_guard.dicom.quiet import quiet_pydicom
 from tanl_guard.dicom.records import InstanceRecord, ScanResult, SeriesRecord
 from tanl_guard.dicom.view_spec import ViewSpec
 
@@ -127,6 +127,7 @@ class _Loader:
                 self.series.root / inst.rel_path, inst.transfer_syntax, frames, self.config.decoding_plugins,
                 inst.forced, expected=(inst.rows, inst.columns, inst.samples),
                 max_header_bytes=self.config.max_header_bytes, max_header_elements=self.config.max_header_elements,
+                max_side=self.config.max_view_side,
             ))
         except DecodeError as exc:
             self.failed[inst.rel_path] = exc
@@ -225,8 +226,7 @@ def load_series_views(
 
     units = [(inst, f) for inst in with_pixels for f in range(inst.frames)]
     loader = _Loader(series, config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_pydicom():
         try:
             if spec.kind == "mip":
                 views, prov = _mip(loader, units, config)

@@ -28,6 +28,8 @@ class SeriesVerdict:
         top_negatives: the activated negative labels that fired most on its views.
         reason: why it was rejected or unreadable (None when accepted).
         prediction: the most likely ID label (zero-shot, from the anchors), for information.
+        conflicts: files of the series that share an SOP Instance UID with a file of other content (each other
+            content is judged as a series of its own; ``--strict`` counts them).
     """
 
     series: str
@@ -40,6 +42,7 @@ class SeriesVerdict:
     top_negatives: tuple[str, ...] = ()
     reason: str | None = None
     prediction: str | None = None
+    conflicts: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class SeriesVerdict:
             "id_score": self.id_score,
             "views": self.views,
             "reason": self.reason,
+            "conflicts": self.conflicts,
         }
 
 
@@ -78,6 +82,11 @@ class StudyVerdict:
     step: int | None = None
     classification: dict[str, Any] | None = field(default=None)
 
+    @property
+    def conflicts(self) -> int:
+        """Files of the study that share an SOP Instance UID with a file of other content."""
+        return sum(s.conflicts for s in self.series)
+
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` line of ``tanl-guard screen``."""
         out = {
@@ -88,6 +97,7 @@ class StudyVerdict:
             "series": [s.to_json() for s in self.series],
             "top_negatives": list(self.top_negatives),
             "reason": self.reason,
+            "conflicts": self.conflicts,
         }
         if self.classification is not None:
             out["classification"] = self.classification
@@ -124,6 +134,9 @@ def combine_series(series: Sequence[SeriesVerdict], policy: str = "any") -> tupl
         )
     if unreadable:
         notes.append(f"{unreadable} series unreadable")
+    conflicts = sum(s.conflicts for s in series)
+    if conflicts:
+        notes.append(f"{conflicts} files share an SOP Instance UID with other content (each judged)")
     if reject:
         return REJECT, "; ".join(notes)
     return ACCEPT, ("; ".join(notes) if notes else None)

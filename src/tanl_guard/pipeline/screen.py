@@ -90,7 +90,7 @@ class ScreenReport:
 def _verdict_from_json(line: dict[str, Any]) -> StudyVerdict:
     series = tuple(
         SeriesVerdict(series=s["series"], modality=s["modality"], verdict=s["verdict"], id_score=s["id_score"],
-                      views=s["views"], reason=s["reason"])
+                      views=s["views"], reason=s["reason"], conflicts=s.get("conflicts", 0))
         for s in line["series"]
     )
     return StudyVerdict(study=line["study"], verdict=line["verdict"], id_score=line["id_score"],
@@ -101,7 +101,7 @@ def _verdict_from_json(line: dict[str, Any]) -> StudyVerdict:
 def _unreadable_series(sv: SeriesViews) -> SeriesVerdict:
     reason = sv.reason.value if sv.reason is not None else "unreadable"
     return SeriesVerdict(series=sv.series_key, modality=sv.modality, verdict=UNREADABLE,
-                         reason=f"{reason}: {sv.detail}" if sv.detail else reason)
+                         reason=f"{reason}: {sv.detail}" if sv.detail else reason, conflicts=sv.conflicts)
 
 
 class Screener:
@@ -208,8 +208,9 @@ class Screener:
                     judged = []
                     for sv in series:
                         if sv.ok:
-                            judged.append(guard.judge_series(sv.series_key, sv.modality, gate,
-                                                             slice(offset, offset + len(sv.views))))
+                            judged.append(replace(guard.judge_series(sv.series_key, sv.modality, gate,
+                                                                     slice(offset, offset + len(sv.views))),
+                                                  conflicts=sv.conflicts))
                             offset += len(sv.views)
                         else:
                             judged.append(_unreadable_series(sv))
