@@ -10,7 +10,12 @@ paths holding marker strings that must never reach an output. A uniquely named m
 from __future__ import annotations
 
 import io
+import json
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-__all__ = ["write_deflated", "write_codestream_bomb", "write_header_bomb", "BOMBS", "build_bombs"]
+__all__ = ["write_deflated", "write_codestream_bomb", "write_header_bomb", "BOMBS", "build_bombs", "measure"]
 
 _CHUNK = 1 << 20
 
@@ -199,3 +204,49 @@ def build_bombs(folder: Path) -> dict[str, tuple[str, str | None]]:
     for name, (build, _) in BOMBS.items():
         build(folder / name)
     return {name: expected for name, (_, expected) in BOMBS.items()}
+
+
+_MEMORY_PROBE = textwrap.dedent("""
+    import json, resource, sys
+    from pathlib import Path
+    limit = int(sys.argv[2]) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a regression fails here, not the machine
+    from tanl_guard.dicom import DicomScanConfig, resolve_outcomes, scan_files, scan_folder
+    import pydicom.pixels  # everything imported: the baseline
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    config = DicomScanConfig(salt="memory-probe")
+    path = Path(sys.argv[1])
+    scan = scan_folder(path, config) if path.is_dir() else scan_files(path.parent, [path], config)
+    resolved, _ = resolve_outcomes(scan, None, config)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {o.rel_path: [o.status.value, o.reason.value if o.reason else None] for o in resolved.outcomes}
+    print(json.dumps({"base_kib": base, "peak_kib": peak, "outcomes": out}))
+""")
+
+
+def measure(path: Path, address_space_mib: int = 6144, timeout: float = 900) -> dict:
+    """Scan and decode ``path`` (a file or a folder) in a fresh Python process; return its peak resident memory
+    (``peak_kib``), the baseline after imports (``base_kib``) and the outcomes.
+
+    Args:
+        path: what to screen.
+        address_space_mib: the child's address-space limit (a regression raises MemoryError there).
+        timeout: seconds before the child is killed.
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    run = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), str(address_space_mib)],
+                         capture_output=True, text=True, env=env, timeout=timeout)
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # python dicom_hostile.py OUT_DIR: build the bombs, print each one's peak memory
+    folder = Path(sys.argv[1])
+    build_bombs(folder)
+    print(f"{'file':<28} {'on disk':>10} {'peak MiB':>9} {'above base':>11}  outcome")
+    for name in BOMBS:
+        result = measure(folder / name)
+        peak, base = result["peak_kib"] >> 10, result["base_kib"] >> 10
+        status, reason = result["outcomes"][name]
+        print(f"{name:<28} {(folder / name).stat().st_size:>10,} {peak:>9} {peak - base:>11}  {status} {reason or ''}")

@@ -48,6 +48,8 @@ class Header:
         pixel_offset: where its value starts: a file offset, or an offset in the inflated stream when deflated.
         available: bytes of the file from ``pixel_offset`` on (``None`` for a deflated file).
         reader: the inflating reader of a deflated file, positioned at ``pixel_offset`` (else ``None``).
+        dataset_offset: where the dataset starts in the file (after the preamble and file meta).
+        file_size: the file's size in bytes.
     """
 
     dataset: Any
@@ -57,6 +59,8 @@ class Header:
     pixel_offset: int
     available: int | None
     reader: InflatingReader | None = None
+    dataset_offset: int = 0
+    file_size: int = 0
 
 
 def pixel_element(head: bytes, implicit: bool, little: bool) -> tuple[bool, int | None, int]:
@@ -100,24 +104,30 @@ class _Budget:
     """pydicom ``stop_when`` callback: stops at the pixel data, counts the elements pydicom is about to create
     (walking each sequence's raw bytes before pydicom parses it) and records where each top-level value ends."""
 
-    def __init__(self, fh: BinaryIO, little: bool, max_elements: int) -> None:
+    def __init__(self, fh: BinaryIO, little: bool, max_elements: int, size: int | None) -> None:
         self.fh = fh
         self.little = little
         self.max_elements = max_elements
+        self.size = size  # bytes in the file (None for an inflated stream: unknown)
         self.count = 0
-        self.end = 0  # furthest end of a top-level value seen
+        # Every element or item takes 8 bytes at least: a file that small cannot exceed the budget, so nothing
+        # needs walking (most files; pydicom itself still fails on a sequence cut by the end of the file).
+        self.small = size is not None and size // 8 <= max_elements
+        self.walked: dict[int, int] = {}  # value start -> value end, for the undefined-length values walked
         self._e = "<" if little else ">"
 
     def __call__(self, tag: int, vr: str | None, length: int) -> bool:
         if tag in _PIXEL_TAGS:
             return True
+        if self.small:
+            return False
         self._tick()
         start = self.fh.tell()
         implicit = vr is None
         raw_vr = vr.encode("ascii", "replace") if vr else None
         if length == _UNDEFINED:  # pydicom parses (or scans) it now: it must be well formed
             self._value(tag, raw_vr, implicit, length)
-            self.end = max(self.end, self.fh.tell())
+            self.walked[start] = self.fh.tell()
             self.fh.seek(start)
             return False
         if self._is_sequence(tag, raw_vr, implicit, length):
@@ -129,7 +139,6 @@ class _Budget:
                 if isinstance(exc, ReasonError) and exc.reason is Reason.HEADER_TOO_LARGE:
                     raise
             self.fh.seek(start)
-        self.end = max(self.end, start + length)
         return False
 
     # ---------------------------------------------------------------- walking raw bytes
@@ -243,6 +252,27 @@ class _Budget:
                 self.fh.seek(self.fh.tell() + length)
 
 
+def _value_ends(dataset: Any, walked: dict[int, int], start: int) -> tuple[int, int | None]:
+    """(the furthest end of a top-level value, the end of the last one) from the raw elements' positions; the
+    end of an undefined-length value is known only when it was walked (else ``None`` when it is the last)."""
+    furthest, last, last_tell = start, start, -1
+    for elem in dataset._dict.values():
+        tell = getattr(elem, "value_tell", None)
+        if tell is None:
+            tell = getattr(elem, "file_tell", None)
+        if tell is None:
+            continue
+        length = getattr(elem, "length", _UNDEFINED)
+        if getattr(elem, "is_undefined_length", False):
+            length = _UNDEFINED
+        end = walked.get(tell) if length == _UNDEFINED else tell + length
+        if end is not None:
+            furthest = max(furthest, end)
+        if tell > last_tell:
+            last_tell, last = tell, end
+    return furthest, last
+
+
 def _has_standard_tag(dataset: Any) -> bool:
     """Whether a parsed dataset holds any element of the DICOM dictionary (random bytes almost never do)."""
     from pydicom.datadict import dictionary_has_tag
@@ -292,6 +322,7 @@ def read_header(fh: BinaryIO, *, force: bool = False, max_bytes: int = 32 << 20,
     preamble = read_preamble(fh, force)
     meta = _read_file_meta_info(fh)
     ts = str(meta.get("TransferSyntaxUID", "") or "").strip("\x00 ")
+    offset = fh.tell()
     reader: InflatingReader | None = None
     source: BinaryIO = fh
     if ts == DEFLATED:
@@ -303,8 +334,7 @@ def read_header(fh: BinaryIO, *, force: bool = False, max_bytes: int = 32 << 20,
         command_set = _read_command_set_elements(fh)
         implicit, little = _encoding(fh, ts)
     start = source.tell()
-    budget = _Budget(source, little, max_elements)
-    budget.end = start
+    budget = _Budget(source, little, max_elements, None if reader is not None else size)
     try:
         dataset = read_dataset(source, implicit, little, stop_when=budget, defer_size=DEFER_BYTES)
     except ReasonError:
@@ -325,11 +355,13 @@ def read_header(fh: BinaryIO, *, force: bool = False, max_bytes: int = 32 << 20,
     if has_pixels:
         source.seek(pos + hdr)
         available = None if reader is not None else size - (pos + hdr)
-        return Header(ds, ts, True, length, pos + hdr, available, reader)
+        return Header(ds, ts, True, length, pos + hdr, available, reader, offset, size)
     # No pixel data: the header is all there is, so it must end exactly where its last value ends.
     end_of_data = reader.total if reader is not None else size
-    if budget.end > end_of_data or 0 < end_of_data - budget.end < 8 or (reader is not None and not reader.complete):
+    furthest, last = _value_ends(dataset, budget.walked, start)
+    trailing = end_of_data - last if last is not None else 0  # bytes after the last value
+    if furthest > end_of_data or 0 < trailing < 8 or (reader is not None and not reader.complete):
         if not (ts or _has_standard_tag(dataset)):  # noise after a preamble, not a DICOM header cut short
             raise ReasonError(Reason.INVALID_FILE, "header cannot be parsed")
         raise ReasonError(Reason.TRUNCATED_HEADER, "the file ends inside the header")
-    return Header(ds, ts, False, None, pos, None if reader is not None else 0, reader)
+    return Header(ds, ts, False, None, pos, None if reader is not None else 0, reader, offset, size)

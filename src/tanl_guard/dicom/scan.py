@@ -46,6 +46,8 @@ class _Header:
     modality: str
     instance: InstanceRecord
     rejected: FileOutcome | None  # a header-level failure: kept out of the series' instances
+    dataset_offset: int = 0  # where the dataset starts (after preamble and file meta)
+    dataset_bytes: int = 0  # bytes from there to the end of the file
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:
@@ -355,7 +357,8 @@ class _Scanner:
             has_pixels=has_pixels,
             forced=forced,
         )
-        return _Header(rel, study_key, series_key, patient_key, modality, instance, rejected)
+        return _Header(rel, study_key, series_key, patient_key, modality, instance, rejected,
+                       header.dataset_offset, header.file_size - header.dataset_offset)
 
     def _check_native_length(
         self, rel: str, bits: int, rows: int, columns: int, samples: int, frames: int, photometric: str,
@@ -470,19 +473,13 @@ def _order_key(inst: InstanceRecord, use_position: bool) -> tuple[Any, ...]:
     return (number, inst.rel_path)
 
 
-def _content_digest(path: Path) -> str:
+def _content_digest(path: Path, offset: int) -> str:
     """Digest of a file's dataset (everything after the preamble and file meta): the same instance exported twice
     digests the same, whatever tool wrote the file meta. ``""`` when the file cannot be read again."""
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
     digest = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as fh:
-            try:
-                read_preamble(fh, False)
-                _read_file_meta_info(fh)
-            except Exception:  # a forced (legacy) file: the whole file is the dataset
-                fh.seek(0)
+            fh.seek(offset)
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError:
@@ -506,10 +503,13 @@ def _split_instances(scanner: _Scanner, items: list[_Header], keys: dict[str, st
     versions: dict[str, list[_Header]] = {}  # SOP key -> one file per distinct content
     digests: dict[str, str] = {}
 
-    def digest(rel: str) -> str:
-        if rel not in digests:
-            digests[rel] = _content_digest(scanner.root / rel) or f"unreadable:{rel}"
-        return digests[rel]
+    def same_content(a: _Header, b: _Header) -> bool:
+        if a.dataset_bytes != b.dataset_bytes:  # cheap, and settles almost every pair
+            return False
+        for h in (a, b):
+            if h.rel_path not in digests:
+                digests[h.rel_path] = _content_digest(scanner.root / h.rel_path, h.dataset_offset) or h.rel_path
+        return digests[a.rel_path] == digests[b.rel_path]
 
     # Keep, per SOP instance, a file with pixels and a usable decoder first, uncompressed (cheapest to decode)
     # before compressed, then by path.
@@ -527,7 +527,7 @@ def _split_instances(scanner: _Scanner, items: list[_Header], keys: dict[str, st
             versions[sop] = [h]
             kept.append(h.instance)
             continue
-        same = next((v for v in versions[sop] if digest(v.rel_path) == digest(h.rel_path)), None)
+        same = next((v for v in versions[sop] if same_content(v, h)), None)
         if same is None:
             versions[sop].append(h)
             continue
