@@ -2,7 +2,7 @@
 """``tanl-guard``: screen DICOM studies, build corpora, inspect state and audit runs, open the MLflow UI.
 
 Exit codes: 0 done; 1 runtime error; 2 usage error; 3 with ``--fail-on-reject`` when a study was rejected;
-4 with ``--strict`` when inputs were unreadable.
+4 with ``--strict`` when inputs were unreadable or conflicting (an SOP Instance UID with two contents).
 """
 
 from __future__ import annotations
