@@ -120,12 +120,15 @@ class _Loader:
         self.series = series
         self.config = config
         self.failed: dict[str, DecodeError] = {}
+        self.checked: set[str] = set()  # files whose codestream headers were checked already
 
     def decode(self, inst: InstanceRecord, frames: list[int]) -> list[tuple[int, np.ndarray]]:
+        expected = None if inst.rel_path in self.checked else (inst.rows, inst.columns, inst.samples)
+        self.checked.add(inst.rel_path)
         try:
             return list(decode_frames(
                 self.series.root / inst.rel_path, inst.transfer_syntax, frames, self.config.decoding_plugins,
-                inst.forced, expected=(inst.rows, inst.columns, inst.samples),
+                inst.forced, expected=expected,
                 max_header_bytes=self.config.max_header_bytes, max_header_elements=self.config.max_header_elements,
                 max_side=self.config.max_view_side,
             ))
