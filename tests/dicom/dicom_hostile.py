@@ -211,14 +211,23 @@ _MEMORY_PROBE = textwrap.dedent("""
     from pathlib import Path
     limit = int(sys.argv[2]) << 20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a regression fails here, not the machine
+
+    def high_water_kib():
+        # VmHWM belongs to this process's memory map; ru_maxrss would keep the parent's peak across fork + exec
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
     from tanl_guard.dicom import DicomScanConfig, resolve_outcomes, scan_files, scan_folder
     import pydicom.pixels  # everything imported: the baseline
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = high_water_kib()
     config = DicomScanConfig(salt="memory-probe")
     path = Path(sys.argv[1])
     scan = scan_folder(path, config) if path.is_dir() else scan_files(path.parent, [path], config)
     resolved, _ = resolve_outcomes(scan, None, config)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = high_water_kib()
     out = {o.rel_path: [o.status.value, o.reason.value if o.reason else None] for o in resolved.outcomes}
     print(json.dumps({"base_kib": base, "peak_kib": peak, "outcomes": out}))
 """)
@@ -226,14 +235,18 @@ _MEMORY_PROBE = textwrap.dedent("""
 
 def measure(path: Path, address_space_mib: int = 6144, timeout: float = 900) -> dict:
     """Scan and decode ``path`` (a file or a folder) in a fresh Python process; return its peak resident memory
-    (``peak_kib``), the baseline after imports (``base_kib``) and the outcomes.
+    (``peak_kib``, the process's own high-water mark ``VmHWM``), the baseline after imports (``base_kib``) and
+    the outcomes.
 
     Args:
         path: what to screen.
         address_space_mib: the child's address-space limit (a regression raises MemoryError there).
         timeout: seconds before the child is killed.
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    import tanl_guard
+
+    # Only the package on the path: test folders on sys.path could shadow modules (benchmarks/datasets.py).
+    env = dict(os.environ, PYTHONPATH=str(Path(tanl_guard.__file__).resolve().parents[1]))
     run = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), str(address_space_mib)],
                          capture_output=True, text=True, env=env, timeout=timeout)
     if run.returncode != 0:
