@@ -1,0 +1,113 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""Small sample data for the MONAI example and bundle, written from images that ship inside installed packages.
+
+Nothing is downloaded: the brain MRI slices come from nibabel's test volumes and matplotlib's sample data, the
+reference slices from the MNI152 template bundled with nilearn, and the photos from scikit-image. The images to
+screen and the reference images come from different volumes, so the example never scores an image against
+anchors made from the same scan. Brain slices keep their raw scanner intensities (the loading transforms scale
+them); photos are greyscale in [0, 1]. Needs ``nilearn``, ``nibabel``, ``matplotlib`` and ``scikit-image``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SampleImages", "write_sample_images"]
+
+
+@dataclass(frozen=True)
+class SampleImages:
+    """Where the sample images were written and what they are.
+
+    Attributes:
+        files: the images to screen (``<root>/data/*.npy``), sorted by name.
+        references: the reference ID images (``<root>/reference/*.npy``), sorted by name.
+        kinds: per file name of ``files``: ``"brain"`` (in distribution) or ``"photo"`` (out of distribution).
+        sources: per file name (screened and reference), where its pixels come from.
+    """
+
+    files: tuple[Path, ...]
+    references: tuple[Path, ...]
+    kinds: dict[str, str]
+    sources: dict[str, str]
+
+
+def _axial(volume: np.ndarray, positions: list[int]) -> list[np.ndarray]:
+    return [np.rot90(volume[:, :, z]).astype(np.float32) for z in positions]
+
+
+def _brain_slices() -> list[tuple[str, np.ndarray, str]]:
+    """Brain MRI slices to screen, from volumes that give no reference image."""
+    import matplotlib.cbook
+    import nibabel
+
+    nib_data = importlib.resources.files("nibabel") / "tests" / "data"
+    epi = np.asarray(nibabel.load(str(nib_data / "example4d.nii.gz")).dataobj[..., 0], dtype=np.float32)
+    anatomical = np.asarray(nibabel.load(str(nib_data / "anatomical.nii")).dataobj, dtype=np.float32)
+    with matplotlib.cbook.get_sample_data("s1045.ima.gz") as handle:
+        sagittal = np.frombuffer(handle.read(), np.uint16).reshape(256, 256).astype(np.float32)
+    out = [(f"brain_epi_z{z:02d}", s, "nibabel example4d.nii.gz (EPI), axial") for z, s in zip(
+        (8, 12, 16), _axial(epi, [8, 12, 16]), strict=True)]
+    out.append(("brain_anatomical_z12", _axial(anatomical, [12])[0], "nibabel anatomical.nii (T1), axial"))
+    out.append(("brain_s1045", sagittal, "matplotlib s1045.ima.gz (T1), sagittal"))
+    return out
+
+
+def _photos() -> list[tuple[str, np.ndarray, str]]:
+    from skimage import data as skdata
+    from skimage.color import rgb2gray
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "camera", "rocket"):
+        image = getattr(skdata, name)()
+        grey = rgb2gray(image) if image.ndim == 3 else image.astype(np.float64) / 255.0
+        out.append((f"photo_{name}", grey.astype(np.float32), f"scikit-image data.{name}(), greyscale"))
+    return out
+
+
+def _references() -> list[tuple[str, np.ndarray, str]]:
+    from nilearn.datasets import load_mni152_template
+
+    mni = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+    positions = [int(z) for z in np.linspace(25, 70, 12)]
+    return [(f"mni152_z{z:02d}", s, "nilearn MNI152 template (T1, 2 mm), axial") for z, s in zip(
+        positions, _axial(mni, positions), strict=True)]
+
+
+def write_sample_images(root: str | Path, overwrite: bool = False) -> SampleImages:
+    """Write the sample images under ``root``: ``data/`` (5 brain MRI slices, 5 photos) and ``reference/`` (12 axial
+    slices of the MNI152 template), as float32 ``.npy`` files.
+
+    A folder that already holds ``.npy`` files is left as it is unless ``overwrite``, so a bundle can call this on
+    every run and still screen the user's own data.
+
+    Args:
+        root: the folder to write into (created when missing).
+        overwrite: rewrite the sample files even where ``.npy`` files exist.
+
+    Returns:
+        the :class:`SampleImages`.
+    """
+    root = Path(root)
+    data, reference = root / "data", root / "reference"
+    kinds: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for folder, make in ((data, lambda: _brain_slices() + _photos()), (reference, _references)):
+        folder.mkdir(parents=True, exist_ok=True)
+        if not overwrite and any(folder.glob("*.npy")):
+            continue
+        for name, image, source in make():
+            np.save(folder / f"{name}.npy", np.ascontiguousarray(image))
+            sources[f"{name}.npy"] = source
+            if folder is data:
+                kinds[f"{name}.npy"] = name.split("_")[0]
+    return SampleImages(
+        files=tuple(sorted(data.glob("*.npy"))),
+        references=tuple(sorted(reference.glob("*.npy"))),
+        kinds=kinds,
+        sources=sources,
+    )
