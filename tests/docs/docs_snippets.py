@@ -9,6 +9,8 @@ The convention, for every ``README.md``, ``docs/**/*.md`` and ``examples/**/*.md
   directory, so a later block may use what an earlier one defined (as a reader going down the page would).
 - ``<!-- docs-test: setup`` ... ``-->``: hidden Python run at that point, for the inputs a snippet takes as given
   (``images``, ``records``, a folder of studies): keep it short and real (packaged data, the surrogate encoder).
+- ``<!-- docs-test: check`` ... ``-->``: hidden Python run at that point that asserts what the prose claims about
+  the output (counts, measured figures), so the text cannot drift from what the code does.
 - ``<!-- docs-test: skip REASON -->`` on the line before a block: the block is not run. Only for what cannot run
   here (user-supplied weights, a GPU, a corpus that takes minutes to embed); the reason is required and shown.
 """
@@ -24,7 +26,7 @@ __all__ = ["Block", "read_blocks", "documents", "RUN_LANGUAGE"]
 RUN_LANGUAGE = "python"
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
 _SKIP = re.compile(r"^\s*<!--\s*docs-test:\s*skip\b\s*(?P<reason>.*?)\s*-->\s*$")
-_SETUP = re.compile(r"^\s*<!--\s*docs-test:\s*setup\s*$")
+_HIDDEN = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>setup|check)\s*$")
 _DIRECTIVE = re.compile(r"<!--\s*docs-test:")
 
 
@@ -33,7 +35,8 @@ class Block:
     """One code block of a document.
 
     Attributes:
-        language: the fence's language (``""`` when the fence names none), or ``"setup"`` for a hidden setup block.
+        language: the fence's language (``""`` when the fence names none), or ``"setup"``/``"check"`` for a hidden
+            block.
         source: the code, dedented to the fence's indentation.
         line: the 1-based line of the first code line in the document.
         skip: the reason given by a ``docs-test: skip`` directive, or None.
@@ -47,7 +50,7 @@ class Block:
     @property
     def runs(self) -> bool:
         """Whether the test executes this block."""
-        return self.language in (RUN_LANGUAGE, "setup") and self.skip is None
+        return self.language in (RUN_LANGUAGE, "setup", "check") and self.skip is None
 
 
 def read_blocks(text: str, name: str = "<doc>") -> list[Block]:
@@ -73,15 +76,15 @@ def read_blocks(text: str, name: str = "<doc>") -> list[Block]:
             pending_skip = (m["reason"], i + 1)
             i += 1
             continue
-        if _SETUP.match(line):
+        if (m := _HIDDEN.match(line)) is not None:
             end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "-->"), None)
             if end is None:
-                raise ValueError(f"{name}:{i + 1}: 'docs-test: setup' comment is never closed by a '-->' line")
-            blocks.append(Block("setup", "\n".join(lines[i + 1 : end]) + "\n", i + 2))
+                raise ValueError(f"{name}:{i + 1}: 'docs-test: {m['kind']}' comment is never closed by a '-->' line")
+            blocks.append(Block(m["kind"], "\n".join(lines[i + 1 : end]) + "\n", i + 2))
             i = end + 1
             continue
         if _DIRECTIVE.search(line):
-            raise ValueError(f"{name}:{i + 1}: unknown docs-test directive {line.strip()!r} (use 'setup' or 'skip')")
+            raise ValueError(f"{name}:{i + 1}: unknown docs-test directive {line.strip()!r} (setup, check or skip)")
         if (m := _FENCE.match(line)) is not None:
             indent, fence = m["indent"], m["fence"]
             close = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")

@@ -3,7 +3,7 @@
 
 Discovered at collection time from README.md, docs/**/*.md and examples/**/*.md (the convention is in
 ``docs_snippets.py``): each document's ``python`` blocks and hidden ``docs-test: setup`` blocks run in order in one
-fresh namespace inside an empty temporary working directory, with a fixed salt and no MLflow URI from the
+fresh namespace inside an empty temporary working directory (hidden ``setup``/``check`` blocks included), with a fixed salt and no MLflow URI from the
 environment; blocks marked ``docs-test: skip REASON`` are not run. Snippets use the real surrogate encoder and data
 that ship in installed packages, never downloads.
 """
@@ -83,6 +83,9 @@ def test_read_blocks_convention():
             "```",
             "no language",
             "```",
+            "<!-- docs-test: check",
+            "assert y == 2",
+            "-->",
         ]
     )
     blocks = read_blocks(text)
@@ -92,6 +95,7 @@ def test_read_blocks_convention():
         ("python", 10, "needs weights", False),
         ("bash", 14, None, False),
         ("", 17, None, False),
+        ("check", 20, None, True),
     ]
     assert blocks[3].source == "tanl-guard screen .\n"
     for bad, match in [

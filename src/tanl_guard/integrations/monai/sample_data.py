@@ -2,7 +2,8 @@
 """Small sample data for the MONAI example and bundle, written from images that ship inside installed packages.
 
 Nothing is downloaded: the brain MRI slices come from nibabel's test volumes and matplotlib's sample data, the
-reference slices from the MNI152 template bundled with nilearn, and the photos from scikit-image. The images to
+reference slices from the MNI152 template bundled with nilearn and nibabel's small T1 volume, and the photos from
+scikit-image. The images to
 screen and the reference images come from different volumes, so the example never scores an image against
 anchors made from the same scan. Brain slices keep their raw scanner intensities (the loading transforms scale
 them); photos are greyscale in [0, 1]. Needs ``nilearn``, ``nibabel``, ``matplotlib`` and ``scikit-image``.
@@ -26,8 +27,8 @@ class SampleImages:
     Attributes:
         files: the images to screen (``<root>/data/*.npy``), sorted by name.
         references: the reference ID images (``<root>/reference/*.npy``), sorted by name.
-        kinds: per file name of ``files``: ``"brain"`` (in distribution) or ``"photo"`` (out of distribution).
-        sources: per file name (screened and reference), where its pixels come from.
+        kinds: per sample file name of ``files``: ``"brain"`` (in distribution) or ``"photo"`` (out of distribution).
+        sources: per file name written by this call, where its pixels come from.
     """
 
     files: tuple[Path, ...]
@@ -40,19 +41,23 @@ def _axial(volume: np.ndarray, positions: list[int]) -> list[np.ndarray]:
     return [np.rot90(volume[:, :, z]).astype(np.float32) for z in positions]
 
 
-def _brain_slices() -> list[tuple[str, np.ndarray, str]]:
-    """Brain MRI slices to screen, from volumes that give no reference image."""
-    import matplotlib.cbook
+def _nibabel_volume(name: str) -> np.ndarray:
     import nibabel
 
-    nib_data = importlib.resources.files("nibabel") / "tests" / "data"
-    epi = np.asarray(nibabel.load(str(nib_data / "example4d.nii.gz")).dataobj[..., 0], dtype=np.float32)
-    anatomical = np.asarray(nibabel.load(str(nib_data / "anatomical.nii")).dataobj, dtype=np.float32)
+    path = importlib.resources.files("nibabel") / "tests" / "data" / name
+    return np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)
+
+
+def _brain_slices() -> list[tuple[str, np.ndarray, str]]:
+    """Brain MRI slices to screen: an EPI run (nibabel) and a sagittal T1 slice (matplotlib)."""
+    import matplotlib.cbook
+
+    epi = _nibabel_volume("example4d.nii.gz")[..., 0]
     with matplotlib.cbook.get_sample_data("s1045.ima.gz") as handle:
         sagittal = np.frombuffer(handle.read(), np.uint16).reshape(256, 256).astype(np.float32)
-    out = [(f"brain_epi_z{z:02d}", s, "nibabel example4d.nii.gz (EPI), axial") for z, s in zip(
-        (8, 12, 16), _axial(epi, [8, 12, 16]), strict=True)]
-    out.append(("brain_anatomical_z12", _axial(anatomical, [12])[0], "nibabel anatomical.nii (T1), axial"))
+    positions = [6, 10, 14, 18]
+    out = [(f"brain_epi_z{z:02d}", s, "nibabel example4d.nii.gz (EPI, volume 0), axial")
+           for z, s in zip(positions, _axial(epi, positions), strict=True)]
     out.append(("brain_s1045", sagittal, "matplotlib s1045.ima.gz (T1), sagittal"))
     return out
 
@@ -62,7 +67,7 @@ def _photos() -> list[tuple[str, np.ndarray, str]]:
     from skimage.color import rgb2gray
 
     out = []
-    for name in ("astronaut", "coffee", "chelsea", "camera", "rocket"):
+    for name in ("astronaut", "camera", "chelsea", "coffee", "rocket"):
         image = getattr(skdata, name)()
         grey = rgb2gray(image) if image.ndim == 3 else image.astype(np.float64) / 255.0
         out.append((f"photo_{name}", grey.astype(np.float32), f"scikit-image data.{name}(), greyscale"))
@@ -70,17 +75,22 @@ def _photos() -> list[tuple[str, np.ndarray, str]]:
 
 
 def _references() -> list[tuple[str, np.ndarray, str]]:
+    """Reference slices from two other volumes: the MNI152 template (nilearn) and nibabel's small T1 volume."""
     from nilearn.datasets import load_mni152_template
 
     mni = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
-    positions = [int(z) for z in np.linspace(25, 70, 12)]
-    return [(f"mni152_z{z:02d}", s, "nilearn MNI152 template (T1, 2 mm), axial") for z, s in zip(
-        positions, _axial(mni, positions), strict=True)]
+    anatomical = _nibabel_volume("anatomical.nii")
+    mni_z = [int(z) for z in np.linspace(25, 70, 12)]
+    anat_z = [8, 11, 14, 17]
+    return [(f"ref_mni152_z{z:02d}", s, "nilearn MNI152 template (T1, 2 mm), axial")
+            for z, s in zip(mni_z, _axial(mni, mni_z), strict=True)] + [
+            (f"ref_anatomical_z{z:02d}", s, "nibabel anatomical.nii (T1), axial")
+            for z, s in zip(anat_z, _axial(anatomical, anat_z), strict=True)]
 
 
 def write_sample_images(root: str | Path, overwrite: bool = False) -> SampleImages:
-    """Write the sample images under ``root``: ``data/`` (5 brain MRI slices, 5 photos) and ``reference/`` (12 axial
-    slices of the MNI152 template), as float32 ``.npy`` files.
+    """Write the sample images under ``root`` as float32 ``.npy`` files: ``data/`` (5 brain MRI slices, 5 photos) and
+    ``reference/`` (16 axial T1 slices from two other volumes).
 
     A folder that already holds ``.npy`` files is left as it is unless ``overwrite``, so a bundle can call this on
     every run and still screen the user's own data.
@@ -94,7 +104,6 @@ def write_sample_images(root: str | Path, overwrite: bool = False) -> SampleImag
     """
     root = Path(root)
     data, reference = root / "data", root / "reference"
-    kinds: dict[str, str] = {}
     sources: dict[str, str] = {}
     for folder, make in ((data, lambda: _brain_slices() + _photos()), (reference, _references)):
         folder.mkdir(parents=True, exist_ok=True)
@@ -103,11 +112,6 @@ def write_sample_images(root: str | Path, overwrite: bool = False) -> SampleImag
         for name, image, source in make():
             np.save(folder / f"{name}.npy", np.ascontiguousarray(image))
             sources[f"{name}.npy"] = source
-            if folder is data:
-                kinds[f"{name}.npy"] = name.split("_")[0]
-    return SampleImages(
-        files=tuple(sorted(data.glob("*.npy"))),
-        references=tuple(sorted(reference.glob("*.npy"))),
-        kinds=kinds,
-        sources=sources,
-    )
+    files = tuple(sorted(data.glob("*.npy")))
+    kinds = {f.name: f.name.split("_")[0] for f in files if f.name.split("_")[0] in ("brain", "photo")}
+    return SampleImages(files=files, references=tuple(sorted(reference.glob("*.npy"))), kinds=kinds, sources=sources)
