@@ -94,7 +94,8 @@ def _study_hasher(salt: str | None) -> Callable[[str], str]:
     from tanl_guard.dicom.privacy import Hasher, resolve_salt
 
     hasher = Hasher(resolve_salt(salt))
-    return lambda name: hasher("path", name)
+    # The absolute path, so that "./data/a.npy" and "/srv/data/a.npy" get one key (names alone would collide).
+    return lambda name: hasher("path", os.path.abspath(name))
 
 
 class HashedFilenames:
@@ -169,7 +170,8 @@ class OODAuditHandler:
       metadata (written by :class:`~tanl_guard.integrations.monai.GuardedInferer` or
       :class:`~tanl_guard.integrations.monai.GuardedClassifier`; their ``last_result`` is the fallback), the file
       names from ``engine.state.batch`` metadata, and logs one verdict record per item plus the screening
-      metrics, stepped by items seen. File names are logged only as salted hashes (``study`` key), never as paths.
+      metrics, stepped by items seen. File names are logged only as salted hashes of their absolute paths (``study``
+      key), never as paths.
     - Every ``checkpoint_every`` items, on ``EPOCH_COMPLETED`` and on ``COMPLETED``: logs ``guard.snapshot()``
       (``state/step_<n>.json``), saves ``guard.state_dict()`` to ``state_path`` with ``torch.save`` and uploads
       it under ``state/``.
