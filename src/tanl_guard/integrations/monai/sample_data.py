@@ -11,13 +11,31 @@ them); photos are greyscale in [0, 1]. Needs ``nilearn``, ``nibabel``, ``matplot
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SampleImages", "write_sample_images"]
+__all__ = ["SampleImages", "write_sample_images", "SAMPLE_PACKAGES"]
+
+#: The packages whose shipped images make the sample data (import name -> PyPI name).
+SAMPLE_PACKAGES = {"nilearn": "nilearn", "nibabel": "nibabel", "matplotlib": "matplotlib", "skimage": "scikit-image"}
+
+
+def _require_packages() -> None:
+    missing = []
+    for module, dist in SAMPLE_PACKAGES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(dist)
+    if missing:
+        raise ImportError(
+            "the sample data are written from images that ship inside nilearn, nibabel, matplotlib and scikit-image; "
+            f"missing: {', '.join(missing)} (pip install {' '.join(missing)})"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,9 +119,14 @@ def write_sample_images(root: str | Path, overwrite: bool = False) -> SampleImag
 
     Returns:
         the :class:`SampleImages`.
+
+    Raises:
+        ImportError: when a package the images come from is missing (see :data:`SAMPLE_PACKAGES`).
     """
     root = Path(root)
     data, reference = root / "data", root / "reference"
+    if overwrite or not all(any(folder.glob("*.npy")) for folder in (data, reference)):
+        _require_packages()
     sources: dict[str, str] = {}
     for folder, make in ((data, lambda: _brain_slices() + _photos()), (reference, _references)):
         folder.mkdir(parents=True, exist_ok=True)
