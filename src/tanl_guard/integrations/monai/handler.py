@@ -100,7 +100,7 @@ def _study_hasher(salt: str | None) -> Callable[[str], str]:
 
 class HashedFilenames:
     """A ``batch_transform`` for MONAI savers (``ClassificationSaver``) that names each item by the salted hash of its
-    file name, the ``study`` key of :class:`OODAuditHandler`'s records, instead of its path.
+    absolute path, the ``study`` key of :class:`OODAuditHandler`'s records, instead of the path.
 
     File names of exports often hold patient names, so nothing this package writes carries them; with the same salt
     the rows of a predictions CSV join the audit records on that key.
