@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tanl_guard._offline import disable_telemetry
 from tanl_guard._optional import optional_import
 
 from .journal import DeliveryMarker, Journal
@@ -72,6 +73,7 @@ def make_client(tracking_uri: str) -> Any:
     Args:
         tracking_uri: a resolved tracking URI.
     """
+    disable_telemetry()
     mlflow = optional_import("mlflow", "mlflow", "the MLflow audit trail")
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
@@ -150,7 +152,7 @@ def _upload_table(
     client: Any, run_id: str, journal: Journal, lines: list[dict[str, Any]], marker: DeliveryMarker, tmp: Path
 ) -> None:
     rows = [
-        verdict_row(record, f"{journal.key}:{idx}:{i}")
+        verdict_row(record, f"{journal.key}:{idx}:{i}", entry.get("t"))
         for idx, entry in enumerate(lines)
         if entry.get("kind") == "verdicts"
         for i, record in enumerate(entry.get("records") or [])
@@ -181,6 +183,19 @@ def _upload_table(
     entry = {"path": TABLE_ARTIFACT, "type": "table"}
     if entry not in logged:
         client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + [entry]))
+
+
+def _dataset_input(entities: Any, entry: dict[str, Any]) -> Any:
+    """An MLflow ``DatasetInput`` from a journalled ``dataset`` entry (name, digest, counts; never a path)."""
+    dataset = entities.Dataset(
+        name=entry["name"],
+        digest=entry["digest"],
+        source_type="tanl-guard",
+        source=json.dumps({"kind": entry.get("source_kind", entry["name"])}),
+        profile=json.dumps(entry.get("profile") or {}, sort_keys=True),
+    )
+    tags = [entities.InputTag("mlflow.data.context", entry.get("context") or "screening")]
+    return entities.DatasetInput(dataset, tags)
 
 
 def _terminate(client: Any, run_id: str, status: str, end_time: int | None) -> None:
@@ -216,6 +231,7 @@ def _deliver_pass(
     metrics: list[Any] = []
     has_verdicts = False
     uploads: list[dict[str, Any]] = []
+    datasets: list[Any] = []
     end_entry: dict[str, Any] | None = None
     for entry in lines[start:stop]:
         kind = entry.get("kind")
@@ -233,6 +249,8 @@ def _deliver_pass(
             has_verdicts = True
         elif kind in ("state", "artifact"):
             uploads.append(entry)
+        elif kind == "dataset":
+            datasets.append(_dataset_input(entities, entry))
         elif kind == "end":
             end_entry = entry
         elif kind != "start":
@@ -242,6 +260,8 @@ def _deliver_pass(
     refused += _log_batch(client, run_id, "params", [entities.Param(k, v) for k, v in params.items()])
     refused += _log_batch(client, run_id, "tags", [entities.RunTag(k, v) for k, v in tags.items()])
     refused += _log_batch(client, run_id, "metrics", metrics)
+    if datasets:
+        client.log_inputs(run_id, datasets=datasets)
     with tempfile.TemporaryDirectory(prefix="tanl_guard_audit_") as tmpdir:
         tmp = Path(tmpdir)
         if has_verdicts:
