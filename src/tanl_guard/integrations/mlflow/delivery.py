@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import shutil
 import tempfile
@@ -74,6 +75,8 @@ def make_client(tracking_uri: str) -> Any:
         tracking_uri: a resolved tracking URI.
     """
     disable_telemetry()
+    # MLflow's download bars would land in the middle of our own output (and its JSON).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow = optional_import("mlflow", "mlflow", "the MLflow audit trail")
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
