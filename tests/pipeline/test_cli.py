@@ -46,11 +46,13 @@ def test_no_labels_is_a_usage_error(demo_folder):
 
 
 def test_missing_weights_exit_1_with_the_alternatives(demo_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = CliRunner().invoke(cli, ["screen", str(demo_folder.studies), "--id-label", "brain MRI", "--no-audit"])
     assert result.exit_code == 1
     assert "biomedclip" in result.output and "surrogate" in result.output
+    assert not list(tmp_path.glob("*.lock"))  # the state's lock is gone with the run
 
 
 def test_screen_json_audit_exit_codes_and_resume(demo_folder, corpus_file, tmp_path):

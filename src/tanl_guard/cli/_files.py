@@ -3,8 +3,9 @@
 
 Two screens sharing a ``--state`` or a ``--report`` would overwrite each other's work silently; the second one is
 refused instead. Locks are ``flock`` locks (POSIX; released by the kernel when the process dies, so a crash
-leaves no stale lock). The lock file ``<state>.lock`` is kept: removing it while another process waits on it
-would let two processes hold "the" lock.
+leaves no stale lock). The lock file ``<state>.lock`` is removed when its holder is done; a process that locked
+a lock file just removed (it opened it before the removal) sees that the path no longer names its file, and
+tries again.
 """
 
 from __future__ import annotations
@@ -58,23 +59,35 @@ class StateLock:
     def __init__(self, state: Path) -> None:
         self.path = state.with_name(state.name + ".lock")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock(self._fd):
+        self._fd: int | None = None
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _lock(fd):
+                try:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                except OSError:
+                    holder = ""
+                os.close(fd)
+                who = f" (process {holder})" if holder.isdigit() else ""
+                raise OutputBusy(f"another tanl-guard screen is using the state file {state}{who}: wait for it to "
+                                 "finish, or give this one another --state")
             try:
-                holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip()
-            except OSError:
-                holder = ""
-            os.close(self._fd)
-            self._fd = None
-            who = f" (process {holder})" if holder.isdigit() else ""
-            raise OutputBusy(f"another tanl-guard screen is using the state file {state}{who}: wait for it to "
-                             "finish, or give this one another --state")
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:  # still the file the path names: the lock is ours
+                self._fd = fd
+                break
+            os.close(fd)  # its holder removed it meanwhile: lock the new one
+        if self._fd is None:  # pragma: no cover - five removals in a row
+            raise OutputBusy(f"could not lock the state file {state}: its lock keeps changing")
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
 
     def close(self) -> None:
-        """Release the lock (idempotent)."""
+        """Release the lock and remove the lock file (idempotent)."""
         if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: nobody can have locked it meanwhile
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
