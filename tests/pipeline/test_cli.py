@@ -174,3 +174,31 @@ def test_bad_tracking_uri_is_a_usage_error(demo_folder, tmp_path):
                                       "--tracking-uri", "foo://bar", "--state", str(tmp_path / "s.pt")])
     assert result.exit_code == 2 and "foo" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_library_logs_are_one_line_and_pydicom_waits_for_verbose(capsys):
+    import logging
+
+    from tanl_guard.cli._logging import configure_logging
+
+    def emit():
+        try:
+            raise NotImplementedError("Pillow does not support 'JPEG Extended' for samples with 12-bit precision")
+        except NotImplementedError:
+            logging.getLogger("pydicom.pixels.decoders.base").exception("decoder failed")
+            logging.getLogger("mlflow.store").error("store error", exc_info=True)
+        logging.getLogger("tanl_guard.guard").warning("ours")
+        return capsys.readouterr().err
+
+    try:
+        configure_logging(0)
+        quiet = emit()
+        assert "decoder failed" not in quiet and "store error" in quiet and "ours" in quiet
+        assert "Traceback" not in quiet
+        configure_logging(1)
+        verbose = emit()
+        assert "decoder failed" in verbose and "Traceback" not in verbose
+        configure_logging(2)
+        assert "Traceback" in emit()
+    finally:
+        configure_logging(0)

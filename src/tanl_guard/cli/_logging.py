@@ -10,6 +10,7 @@ included.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 __all__ = ["configure_logging"]
@@ -69,4 +70,7 @@ def configure_logging(verbose: int) -> None:
     handler.addFilter(_LibraryFilter(verbose))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
+    # MLflow logs through a handler of its own ("Creating initial MLflow database tables..."), at the level this
+    # variable names when it is first imported.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose >= 2 else "INFO" if verbose else "WARNING")
     logging.getLogger(_OWN).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)

@@ -14,8 +14,9 @@ __all__ = ["StudyCounts", "count_studies"]
 class StudyCounts:
     """Verdicts of a screening, counted by study.
 
-    A study is a record with a study key. An unreadable file that belongs to no study (``"study": null``) is not a
-    study: it is counted in ``orphan_files`` and in none of the verdicts.
+    An unreadable file that belongs to no study (``"study": null``, verdict ``unreadable``) is not a study: it is
+    counted in ``orphan_files`` and in none of the verdicts. Every other record is a study (a judged item without
+    a key, as in a MONAI run without file names, included).
 
     Attributes:
         studies: records with a study key.
@@ -60,11 +61,11 @@ def count_studies(records: Iterable[Any]) -> StudyCounts:
     counts = {"accept": 0, "reject": 0, "unreadable": 0}
     studies = orphans = 0
     for record in records:
-        if _field(record, "study") is None:
+        verdict = str(_field(record, "verdict"))
+        if _field(record, "study") is None and verdict == "unreadable":
             orphans += 1
             continue
         studies += 1
-        verdict = str(_field(record, "verdict"))
         if verdict in counts:
             counts[verdict] += 1
     return StudyCounts(studies=studies, orphan_files=orphans, **counts)

@@ -115,14 +115,16 @@ def test_record_row_and_table_merge_is_idempotent() -> None:
     again = merge_verdict_tables(table, [row, dict(row, record_id="k:2:0")])
     assert len(table["data"]) == 1 and len(again["data"]) == 2
     # the auditor's reading order first; the bulky series JSON and the bookkeeping last
-    assert again["columns"][:7] == ["time", "study", "verdict", "id_score", "threshold", "reason", "top_negatives"]
+    assert again["columns"][:8] == ["time", "study", "verdict", "id_score", "threshold", "why", "top_negatives",
+                                    "reason"]
+    assert row["why"] == "1/1 series OOD"
     columns = again["columns"]
     assert columns[-2:] == ["step", "record_id"] and columns.index("series") < columns.index("site_note")
     # no DICOM columns for records without series (MONAI runs); the classifier's output gets a column
     monai = verdict_row(normalise_verdict_record({"study": "p1", "verdict": "accept", "id_score": 0.9,
                                                   "classifier_output": "class 1"}), "k:3:0")
     assert "series" not in monai and "n_series" not in monai and monai["classifier_output"] == "class 1"
-    assert merge_verdict_tables(None, [monai])["columns"][7] == "classifier_output"
+    assert merge_verdict_tables(None, [monai])["columns"][8] == "classifier_output"
 
 
 def test_store_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

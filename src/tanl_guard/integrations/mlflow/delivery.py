@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 TABLE_ARTIFACT = "audit/verdicts.json"
 RUN_KEY_TAG = "tanl_guard.run_key"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # what log_table sets; load_table finds runs by it
+# MLflow 3's UI opens an experiment in its GenAI view unless it knows it is a model-development one.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_LINES_PER_PASS = 500
 TABLE_CACHE = "verdicts_table_cache.json"
 
@@ -89,21 +91,27 @@ def _is_permanent(exc: BaseException) -> bool:
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     """Id of experiment ``name``, creating it (with ``artifact_location`` when given) if missing.
 
+    An experiment without an ``mlflow.experimentKind`` tag gets ``custom_model_development``, so that the MLflow 3
+    UI opens it in its "Model training" view (runs, metrics, artifacts) rather than the GenAI one.
+
     Args:
         client: an ``MlflowClient``.
         name: experiment name.
         artifact_location: artifact root for a new experiment, or ``None`` for the store's default.
     """
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # lost a creation race with another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return exp_id
+        except Exception:  # lost a creation race with another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _n_records(entry: dict[str, Any]) -> int:

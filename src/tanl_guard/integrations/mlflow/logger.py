@@ -80,6 +80,7 @@ class AuditLogger:
         self._delivered = 0  # journal lines delivered (the marker offset)
         self._lines: list[tuple[str, int]] = []  # (kind, verdict records) per journal line
         self._counts = dict.fromkeys(_COUNT_METRICS, 0)
+        self._orphans = 0
         self._screened = 0
         self._unflushed = 0
         self._prev_negatives: list[str] | None = None
@@ -259,7 +260,9 @@ class AuditLogger:
         """Journal per-study verdict records and the screening metrics at ``step``.
 
         Metrics logged (step = studies screened): ``screen/accepted``, ``screen/rejected``,
-        ``screen/unreadable`` (cumulative counts), ``screen/studies``, ``screen/reject_rate`` (rejected over
+        ``screen/unreadable`` (cumulative counts of studies), ``screen/studies``, ``screen/orphan_files``
+        (unreadable files of no study: ``"study": null``; not studies, as in
+        :func:`tanl_guard.guard.count_studies`), ``screen/reject_rate`` (rejected over
         accepted + rejected: unreadable studies are not judged), ``gate/id_score_mean`` (this batch) and
         ``gate/threshold`` (the last threshold in this batch), unless ``config.auto_metrics`` is off. Flushes
         when ``batch_size`` records are waiting.
@@ -275,16 +278,20 @@ class AuditLogger:
         recs = [normalise_verdict_record(r) for r in records]
         if not recs:
             return
-        step = self._screened + len(recs) if step is None else int(step)
-        self._screened = max(self._screened + len(recs), step)
+        orphans = sum(1 for r in recs if r.get("study") is None and r["verdict"] == "unreadable")
+        studies = len(recs) - orphans
+        step = self._screened + studies if step is None else int(step)
+        self._screened = max(self._screened + studies, step)
         for rec in recs:
-            rec.setdefault("step", step)
             if rec.get("step") is None:
                 rec["step"] = step
-            self._counts[rec["verdict"]] += 1
+            if not (rec.get("study") is None and rec["verdict"] == "unreadable"):
+                self._counts[rec["verdict"]] += 1
+        self._orphans += orphans
         metrics: dict[str, float] = {name: float(self._counts[v]) for v, name in _COUNT_METRICS.items()}
         judged = self._counts["accept"] + self._counts["reject"]
         metrics["screen/studies"] = float(sum(self._counts.values()))
+        metrics["screen/orphan_files"] = float(self._orphans)
         metrics["screen/reject_rate"] = self._counts["reject"] / judged if judged else 0.0
         scores = [r["id_score"] for r in recs if r.get("id_score") is not None]
         if scores:
@@ -541,6 +548,7 @@ class AuditLogger:
             return
         for verdict, name in _COUNT_METRICS.items():
             self._counts[verdict] = int(metrics.get(name, 0))
+        self._orphans = int(metrics.get("screen/orphan_files", 0))
         self._screened = int(metrics.get("screen/studies", sum(self._counts.values())))
 
     def _get_client(self) -> Any:

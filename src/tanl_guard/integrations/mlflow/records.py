@@ -20,16 +20,18 @@ __all__ = [
     "verdict_row",
     "merge_verdict_tables",
     "format_time",
+    "short_reason",
 ]
 
 VERDICTS = ("accept", "reject", "unreadable")
 
 # One row per study, in the order an auditor reads it: when, which study, what was decided and why. The MLflow UI
-# shows a table artifact as a grid of fixed-width cells, so the cells that explain a verdict are short text
-# (``top_negatives`` comma-separated, not JSON) and come first; the bulky ``series`` JSON and the bookkeeping
-# columns come last. ``record_id`` is ``<run_key>:<journal line>:<index>``, unique per record, so re-uploads and
+# shows a table artifact as a grid of fixed-width cells (about 20 characters, whatever the window's width), so the
+# cells that explain a verdict are short: scores to 3 decimals as in the CLI, ``why`` (see :func:`short_reason`),
+# ``top_negatives`` comma-separated (not JSON), then the full ``reason``; the bulky ``series`` JSON and the
+# bookkeeping columns come last. ``record_id`` is ``<run_key>:<journal line>:<index>``, unique per record, so re-uploads and
 # back-fills never duplicate rows.
-VERDICT_COLUMNS = ("time", "study", "verdict", "id_score", "threshold", "reason", "top_negatives")
+VERDICT_COLUMNS = ("time", "study", "verdict", "id_score", "threshold", "why", "top_negatives", "reason")
 # Present only when some record has them: the classifier's output (MONAI runs), the guard's zero-shot prediction,
 # and the DICOM series (screening runs).
 OPTIONAL_COLUMNS = ("classifier_output", "prediction", "n_series", "series")
@@ -106,6 +108,40 @@ def normalise_verdict_record(record: Mapping[str, Any], step: int | None = None)
     return out
 
 
+def short_reason(record: Mapping[str, Any]) -> str | None:
+    """The gist of a verdict's reason in a table cell's width: ``2/3 series OOD``, ``truncated_pixel_data``.
+
+    Rejected studies: how many of their readable series were out of distribution (scores are in their own
+    columns); unreadable ones: the reason categories of their series (or of the file, for a file of no study).
+    Records without series (MONAI runs) keep the first clause of their reason.
+
+    Args:
+        record: a normalised record.
+    """
+    reason, verdict = record.get("reason"), record.get("verdict")
+    series = [s for s in record.get("series") or [] if isinstance(s, Mapping)]
+    unreadable = [s for s in series if s.get("verdict") == "unreadable"]
+    if series and verdict == "reject":
+        readable = len(series) - len(unreadable)
+        rejected = sum(1 for s in series if s.get("verdict") == "reject")
+        return f"{rejected}/{readable} series OOD" + (f", {len(unreadable)} unreadable" if unreadable else "")
+    if series and verdict == "unreadable":
+        kinds = dict.fromkeys(str(s.get("reason") or "unreadable").split(":", 1)[0].strip() for s in unreadable)
+        return ", ".join(kinds) or reason
+    if series and verdict == "accept":
+        return f"{len(unreadable)} series unreadable" if unreadable else None
+    if not isinstance(reason, str):
+        return reason
+    if record.get("study") is None and reason.startswith("file "):  # "file <key>: <category>: <detail>"
+        parts = reason.split(": ")
+        return parts[1] if len(parts) > 1 else reason
+    return reason.split(";", 1)[0]
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
+
+
 def _cell(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value)
 
@@ -122,10 +158,11 @@ def verdict_row(record: Mapping[str, Any], record_id: str, time_ms: int | float 
         "time": format_time(time_ms) if time_ms is not None else record.get("time"),
         "study": record.get("study"),
         "verdict": record.get("verdict"),
-        "id_score": record.get("id_score"),
-        "threshold": record.get("threshold"),
-        "reason": record.get("reason"),
+        "id_score": _rounded(record.get("id_score")),
+        "threshold": _rounded(record.get("threshold")),
+        "why": short_reason(record),
         "top_negatives": ", ".join(record.get("top_negatives") or []),
+        "reason": record.get("reason"),
     }
     if record.get("classifier_output") is not None:
         row["classifier_output"] = _cell(record["classifier_output"])

@@ -58,8 +58,9 @@ def audit_summary(
     """Summarise one audit run from MLflow (the latest run of ``experiment`` unless ``run_id`` is given).
 
     Counts come from the verdict table (rows de-duplicated by ``record_id``), or from the ``screen/*`` metrics
-    when the run has no table. A study count is the one of ``tanl-guard screen`` and the demo: rows with a study
-    key; unreadable files that belong to no study are counted apart, as ``orphan_files``.
+    when the run has no table. A study count is the one of ``tanl-guard screen`` and the demo
+    (:func:`tanl_guard.guard.count_studies`): unreadable files that belong to no study are counted apart, as
+    ``orphan_files``.
 
     Args:
         tracking_uri: the store (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``).
@@ -96,7 +97,7 @@ def audit_summary(
                     continue
                 seen.add(row["record_id"])
             table_rows += 1
-            if row.get("study") is None:  # an unreadable file of no study: not a study
+            if row.get("study") is None and row.get("verdict") == "unreadable":  # a file of no study: not a study
                 orphans += 1
                 continue
             counts[str(row.get("verdict"))] += 1
@@ -109,6 +110,7 @@ def audit_summary(
             ("unreadable", "screen/unreadable"),
         ):
             counts[verdict] = int(metrics.get(name, 0))
+        orphans = int(metrics.get("screen/orphan_files", 0))
     judged = counts["accept"] + counts["reject"]
     thresholds = [m.value for m in client.get_metric_history(rid, "gate/threshold")]
     state_files = [f.path for f in client.list_artifacts(rid, "state") if not f.is_dir]
