@@ -164,6 +164,8 @@ class TANLDetector(Detector):
         few runs of consecutive images are read in place; otherwise the rows are gathered and transformed in
         place, two calls whatever their number.
         """
+        if logits.device.type != "cpu":  # an allocation costs nothing there: no in-place transform
+            return torch.softmax(torch.index_select(logits, 0, index), dim=1)[:, self.bank.n_id :]
         runs = _runs(index)
         if len(runs) <= _MAX_RUNS:
             for source, target, length in runs:
