@@ -286,6 +286,41 @@ def test_queued_activation_rows_are_the_softmax_rows(ood_fraction):
             assert torch.equal(queue.features[slots], x[admitted])
 
 
+def test_busy_and_idle_machines_give_the_same_bits(monkeypatch):
+    # On a busy machine the small operations of a step run on one thread. Column means over rows add up in an order
+    # that depends on the thread count, so they must still see the configured threads; the results must not move.
+    import tanl_guard.detectors.tanl as tanl_module
+
+    mix = Mixture(dtype=torch.float32, n_corpus=5000)
+    batches = [mix.batch(n)[0] for n in (64, 48, 64, 7, 64)]
+    threads_seen = []
+    tensor_mean = torch.Tensor.mean
+
+    def spy_mean(self, *args, **kwargs):
+        if self.ndim == 2 and self.shape[1] == 5000 and (args[:1] == (0,) or kwargs.get("dim") == 0):
+            threads_seen.append(torch.get_num_threads())
+        return tensor_mean(self, *args, **kwargs)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for busy in (False, True):
+            monkeypatch.setattr(tanl_module, "_machine_is_busy", lambda busy=busy: busy)
+            det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=200, queue_len=100))
+            det.reset(noise_features=mix.noise)
+            monkeypatch.setattr(torch.Tensor, "mean", spy_mean)
+            runs.append([det.step(b) for b in batches])
+            monkeypatch.setattr(torch.Tensor, "mean", tensor_mean)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert len(threads_seen) >= 2 * len(batches) and set(threads_seen) == {2}  # queue and batch means
+    for idle, busy in zip(*runs):
+        for key in ("scores", "first_pass_scores", "selected", "confident_id", "top_negatives"):
+            assert torch.equal(getattr(idle, key), getattr(busy, key)), key
+
+
 def test_construction_and_reset_validation():
     mix = Mixture()
     with pytest.raises(ValueError, match="non-empty corpus"):

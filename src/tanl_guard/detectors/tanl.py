@@ -11,12 +11,13 @@ order of operations of its Sec. 3.7 / 9, with three engineering changes that do 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .._column_mean import one_thread
+from .._column_mean import intra_op_threads
 from ..config import TANLConfig, config_from_dict, config_to_dict
 from ..queue import ActivationQueue
 from ..scores import _id_lse, _score_from_id_lse, activation_aware_score
@@ -71,6 +72,14 @@ class _Workspace:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.logits, self.probs))
+
+
+def _machine_is_busy() -> bool:
+    """More runnable threads than cores over the last minute (the load average), where that is known."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5
+    except (AttributeError, OSError):
+        return False
 
 
 def _runs(index: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -157,23 +166,27 @@ class TANLDetector(Detector):
             ws = self._workspace = _Workspace(rows, self.bank.n_id + self.bank.n_corpus, self.bank.dtype, self.bank.device)
         return ws
 
-    def _admitted_activations(self, ws: _Workspace, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def _admitted_activations(
+        self, ws: _Workspace, logits: torch.Tensor, index: torch.Tensor, threads: int
+    ) -> torch.Tensor:
         """(k, N) activation rows of the images ``index`` in that order: the softmax of those rows only.
 
         Softmax is row-wise, so a row's probabilities do not depend on which other rows are computed with it. A
         few runs of consecutive images are read in place; otherwise the rows are gathered and transformed in
-        place, two calls whatever their number.
+        place. The softmax runs on ``threads`` intra-op threads.
         """
         if logits.device.type != "cpu":  # an allocation costs nothing there: no in-place transform
             return torch.softmax(torch.index_select(logits, 0, index), dim=1)[:, self.bank.n_id :]
         runs = _runs(index)
         if len(runs) <= _MAX_RUNS:
-            for source, target, length in runs:
-                torch.softmax(logits[source : source + length], dim=1, out=ws.probs[target : target + length])
+            with intra_op_threads(threads):
+                for source, target, length in runs:
+                    torch.softmax(logits[source : source + length], dim=1, out=ws.probs[target : target + length])
         else:
             rows = ws.probs[: index.numel()]
             torch.index_select(logits, 0, index, out=rows)
-            torch.softmax(rows, dim=1, out=rows)  # in place: each value is read before it is written
+            with intra_op_threads(threads):
+                torch.softmax(rows, dim=1, out=rows)  # in place: each value is read before it is written
         return ws.probs[: index.numel(), self.bank.n_id :]
 
     def _gather_negatives(
@@ -270,18 +283,21 @@ class TANLDetector(Detector):
     # ------------------------------------------------------------------ step
     def step(self, image_features: torch.Tensor) -> TANLStep:
         """Score a batch and learn from it (paper Sec. 3.7). Bad input raises ValueError and changes nothing."""
-        with one_thread():
+        # A step is one big product, one softmax and many small operations. On a busy machine every parallel region
+        # of the small ones waits for a descheduled thread, so they run on one thread there. Column means over rows
+        # (queue and batch means) add up in an order that depends on the thread count: they always run with the
+        # configured threads, so a busy machine and an idle one give the same bits.
+        threads = torch.get_num_threads()
+        small = 1 if _machine_is_busy() else threads
+        with intra_op_threads(small):
             features = self.bank.prepare(image_features)
         if not self._ready:
             self.reset()
         cfg, n_id, dtype = self.config, self.bank.n_id, self.bank.dtype
         ws = self._buffers(features.shape[0])
-
-        # The product, the softmax and the passes over queue rows use every thread; the many small steps in between
-        # run on one, since each parallel region waits for its slowest thread and a loaded machine delays them all.
         logits = self.bank._logits_into(features, ws.logits)  # (B, C + N), in the reused buffer
         mean_pos, mean_neg = self._pos.mean(), self._neg.mean()
-        with one_thread():
+        with intra_op_threads(small):
             predictions = logits[:, :n_id].argmax(dim=1)
             id_lse = _id_lse(logits[:, :n_id])  # shared by both passes
             first_selected = self._top_m(mean_neg - mean_pos)
@@ -292,16 +308,16 @@ class TANLDetector(Detector):
             threshold = otsu_threshold(history)
             confident_id = first_pass > threshold + cfg.gap * (1.0 - threshold)
             confident_ood = first_pass < threshold - cfg.gap * threshold
+
+            # Only admitted images need their activation rows: the softmax runs over those rows alone.
             pos_index, neg_index = torch.nonzero(confident_id).flatten(), torch.nonzero(confident_ood).flatten()
+            n_pos = pos_index.numel()
+            admitted = self._admitted_activations(ws, logits, torch.cat([pos_index, neg_index]), threads)
+            pos_rows, neg_rows = admitted[:n_pos], admitted[n_pos:]
+            with intra_op_threads(threads):
+                batch_pos = pos_rows.mean(dim=0) if pos_rows.shape[0] else None
+                batch_neg = neg_rows.mean(dim=0) if neg_rows.shape[0] else None
 
-        # Only admitted images need their activation rows: the softmax runs over those rows alone.
-        n_pos = pos_index.numel()
-        admitted = self._admitted_activations(ws, logits, torch.cat([pos_index, neg_index]))
-        pos_rows, neg_rows = admitted[:n_pos], admitted[n_pos:]
-        batch_pos = pos_rows.mean(dim=0) if pos_rows.shape[0] else None
-        batch_neg = neg_rows.mean(dim=0) if neg_rows.shape[0] else None
-
-        with one_thread():
             # Batch-adaptive means (Eq. 11-14): mix in this batch's confident samples, per side, only if it has some.
             if batch_pos is not None:
                 mean_pos = cfg.alpha * mean_pos + (1.0 - cfg.alpha) * batch_pos
@@ -315,12 +331,12 @@ class TANLDetector(Detector):
                 scores = _score_from_id_lse(id_lse, negatives, cfg.score_step, dtype)
             top_negatives = self._top_of(selected, negatives, cfg.explain_top_k)
 
-        # Commit: history and threshold, then the queues (new rows in batch order, the last L kept).
-        self.history, self.threshold, self.selected = history, threshold, selected
-        self._pos.push(features[pos_index], pos_rows)
-        self._neg.push(features[neg_index], neg_rows)
-        self.n_steps += 1
-        self.n_seen += int(features.shape[0])
+            # Commit: history and threshold, then the queues (new rows in batch order, the last L kept).
+            self.history, self.threshold, self.selected = history, threshold, selected
+            self._pos.push(features[pos_index], pos_rows)
+            self._neg.push(features[neg_index], neg_rows)
+            self.n_steps += 1
+            self.n_seen += int(features.shape[0])
         return TANLStep(
             scores=scores,
             predictions=predictions,
