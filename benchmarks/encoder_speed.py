@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['precision']} | failed: {r['error']} | | | | |")
             continue
         peak = f"{r['peak_gpu_bytes'] / 2**30:.1f} GiB" if r["peak_gpu_bytes"] is not None else "n/a"
-        print(f"| {r['precision']} | {r['model_dtype']} | **{r['images_per_s']:.0f}** | {r['per_batch_s'] * 1000:.1f} ms "
-              f"| {r['load_s']:.1f} s | {peak} |")
+        print(f"| {r['precision']} | {r['model_dtype']} | **{r['images_per_s']:.3g}** "
+              f"| {r['per_batch_s'] * 1000:.1f} ms | {r['load_s']:.1f} s | {peak} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 1 if all("error" in r for r in rows) else 0

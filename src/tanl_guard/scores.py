@@ -24,7 +24,7 @@ def activation_aware_score(id_logits: torch.Tensor, negative_logits: torch.Tenso
     """TANL's activation-aware score (paper Eq. 15) in closed form.
 
     ``S = mean_m  sum_i e^{s_i} / (sum_i e^{s_i} + sum_{j<=m} e^{s~_j})`` over the prefixes m of the ranked
-    negatives equals ``mean_m sigmoid(lse(s) - lse(s~_{1..m}))``: one running log-sum-exp instead of M softmaxes.
+    negatives equals ``mean_m sigmoid(lse(s) - lse(s~_{1..m}))``: one cumulative sum instead of M softmaxes.
 
     Args:
         id_logits: (B, C) logits of the ID labels.
@@ -76,7 +76,7 @@ def _prefix_id_probabilities(id_lse: torch.Tensor, neg: torch.Tensor) -> torch.T
     if not in_range:
         return torch.sigmoid(id_lse[:, None] - torch.logcumsumexp(neg, dim=1))
     id_mass = torch.exp(shift)
-    prefix = torch.exp(neg - top).cumsum_(dim=1)  # every prefix sum >= its first term: never underflows
+    prefix = neg.sub(top).exp_().cumsum_(dim=1)  # every prefix sum >= its first term: never underflows
     return prefix.add_(id_mass).reciprocal_().mul_(id_mass)
 
 

@@ -191,7 +191,8 @@ def _bad_inputs(d):
 
 
 def _unit_rows(n, d, dtype=torch.float64):
-    return torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(n), dtype=dtype), dim=1)
+    g = torch.Generator().manual_seed(n)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
 
 
 def test_bad_input_raises_value_error_and_leaves_state_unchanged():
@@ -279,7 +280,8 @@ def test_queued_activation_rows_are_the_softmax_rows(ood_fraction):
         before = det.queue_sizes
         res = det.step(x)
         probs = torch.softmax(det.bank.logits(x), dim=1)[:, len(mix.id_text) :]
-        for queue, admitted, n_before in ((det._pos, res.confident_id, before[0]), (det._neg, res.confident_ood, before[1])):
+        sides = ((det._pos, res.confident_id, before[0]), (det._neg, res.confident_ood, before[1]))
+        for queue, admitted, n_before in sides:
             n_new = int(admitted.sum())
             slots = queue.ordered_slots()[n_before : n_before + n_new]
             assert torch.equal(queue.rows[slots], probs[admitted])

@@ -4,7 +4,7 @@
 Our own implementation of the method as the authors' ``actneg`` postprocessor (OpenOOD-VLM) computes it, in the
 order of operations of its Sec. 3.7 / 9, with three engineering changes that do not change a result:
 
-* the activation-aware score in closed form (a running log-sum-exp, float64) instead of M softmaxes;
+* the activation-aware score in closed form (float64 prefix sums) instead of M softmaxes;
 * the queues keep the admitted embeddings as their state and the activation rows only as a rebuildable cache;
 * top-M with ``torch.topk`` (O(N)) instead of a full sort.
 """
@@ -151,19 +151,16 @@ class TANLDetector(Detector):
     def _top_m(self, activation_difference: torch.Tensor) -> torch.Tensor:
         return torch.topk(activation_difference, self.n_negatives, largest=True, sorted=True).indices
 
-    def _score(self, logits: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-        n_id = self.bank.n_id
-        return activation_aware_score(logits[:, :n_id], logits[:, n_id + selected], self.config.score_step)
-
     _workspace: _Workspace | None = None
 
     def _buffers(self, batch: int) -> _Workspace:
         """The reused step buffers, grown (never shrunk) to hold a batch of this size."""
         rows = max(batch, MIN_GEMM_ROWS)
         ws = self._workspace
-        if ws is None or ws.rows < rows or ws.logits.dtype != self.bank.dtype or ws.logits.device != self.bank.device:
+        bank = self.bank
+        if ws is None or ws.rows < rows or ws.logits.dtype != bank.dtype or ws.logits.device != bank.device:
             self._workspace = None  # free the old buffers before allocating the new ones
-            ws = self._workspace = _Workspace(rows, self.bank.n_id + self.bank.n_corpus, self.bank.dtype, self.bank.device)
+            ws = self._workspace = _Workspace(rows, bank.n_id + bank.n_corpus, bank.dtype, bank.device)
         return ws
 
     def _admitted_activations(
