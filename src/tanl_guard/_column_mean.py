@@ -17,40 +17,16 @@ other dtypes it always uses plain ``mean``.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 
-__all__ = ["IncrementalColumnMean", "intra_op_threads", "one_thread"]
+from ._threads import one_thread
+
+__all__ = ["IncrementalColumnMean"]
 
 _GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: smaller reductions run on one thread
 _LEVELS = 4  # cascade levels of ATen's multi_row_sum
 _VERIFY_FIRST = 2  # calls checked against torch after a configuration change
 _VERIFY_EVERY = 64  # and one call in this many after that
-
-
-@contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """Run the enclosed torch operations on ``count`` intra-op threads, then restore the previous setting.
-
-    The setting is torch's per calling thread (OpenMP's), so other threads of the process keep theirs.
-    """
-    previous = torch.get_num_threads()
-    if count == previous:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def one_thread() -> contextlib.AbstractContextManager[None]:
-    """Run the enclosed torch operations on the calling thread alone (see :func:`intra_op_threads`)."""
-    return intra_op_threads(1)
 
 
 def _ceil_log2(x: int) -> int:

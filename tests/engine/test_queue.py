@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tanl_guard._column_mean import IncrementalColumnMean, one_thread
+from tanl_guard._column_mean import IncrementalColumnMean
+from tanl_guard._threads import one_thread
 from tanl_guard.queue import ActivationQueue
 
 

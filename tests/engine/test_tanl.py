@@ -308,7 +308,7 @@ def test_busy_and_idle_machines_give_the_same_bits(monkeypatch):
     try:
         runs = []
         for busy in (False, True):
-            monkeypatch.setattr(tanl_module, "_machine_is_busy", lambda busy=busy: busy)
+            monkeypatch.setattr(tanl_module, "machine_is_busy", lambda busy=busy: busy)
             det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=200, queue_len=100))
             det.reset(noise_features=mix.noise)
             monkeypatch.setattr(torch.Tensor, "mean", spy_mean)

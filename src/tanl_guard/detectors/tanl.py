@@ -11,13 +11,12 @@ order of operations of its Sec. 3.7 / 9, with three engineering changes that do 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .._column_mean import intra_op_threads
+from .._threads import intra_op_threads, machine_is_busy
 from ..config import TANLConfig, config_from_dict, config_to_dict
 from ..queue import ActivationQueue
 from ..scores import _id_lse, _score_from_id_lse, activation_aware_score
@@ -72,14 +71,6 @@ class _Workspace:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.logits, self.probs))
-
-
-def _machine_is_busy() -> bool:
-    """More runnable threads than cores over the last minute (the load average), where that is known."""
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5
-    except (AttributeError, OSError):
-        return False
 
 
 def _runs(index: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -285,7 +276,7 @@ class TANLDetector(Detector):
         # (queue and batch means) add up in an order that depends on the thread count: they always run with the
         # configured threads, so a busy machine and an idle one give the same bits.
         threads = torch.get_num_threads()
-        small = 1 if _machine_is_busy() else threads
+        small = 1 if machine_is_busy() else threads
         with intra_op_threads(small):
             features = self.bank.prepare(image_features)
         if not self._ready:
