@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tanl_guard.encoders._images import UNIT_RANGE_TOLERANCE, ImageRangeWarning, to_unit_range
+from tanl_guard.encoders import ImageRangeWarning
+from tanl_guard.encoders._images import UNIT_RANGE_TOLERANCE, to_unit_range
 
 
 def _slice(seed: int = 0) -> np.ndarray:

@@ -10,6 +10,7 @@ Importing this package loads neither open_clip, transformers nor timm: each enco
 
 from __future__ import annotations
 
+from tanl_guard.encoders._images import ImageRangeWarning
 from tanl_guard.encoders.anchors import IDAnchors, build_id_anchors
 from tanl_guard.encoders.base import BaseEncoder, ImagePreprocess, VisionLanguageEncoder
 from tanl_guard.encoders.errors import EncoderNotAvailable
@@ -27,6 +28,7 @@ __all__ = [
     "BaseEncoder",
     "ImagePreprocess",
     "EncoderNotAvailable",
+    "ImageRangeWarning",
     "OpenCLIPEncoder",
     "SurrogateEncoder",
     "IDAnchors",

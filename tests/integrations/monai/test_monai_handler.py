@@ -17,6 +17,7 @@ from monai.handlers import MLFlowHandler
 from monai_testing import SALT, batch_of, eval_loader, make_network
 
 from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
+from tanl_guard.pipeline.checkpoint import load_guard_state
 from tanl_guard.integrations.monai import (
     BatchVerdicts,
     GuardedInferer,
@@ -100,7 +101,7 @@ def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_pat
 
     artifacts = _all_artifacts(client, run_id)
     assert "audit/verdicts.json" in artifacts
-    assert "state/guard_state.pt" in artifacts
+    assert "state/final.pt" in artifacts, "where `tanl-guard state show RUN_ID` looks"
     assert {"state/step_000003.json", "state/step_000006.json"} <= set(artifacts)
 
     table_file = Path(client.download_artifacts(run_id, "audit/verdicts.json", str(tmp_path / "dl")))
@@ -126,8 +127,11 @@ def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_pat
         Path(client.download_artifacts(run_id, "state/step_000006.json", str(tmp_path / "s"))).read_text()
     )
     assert snapshot["images_screened"] == fresh_guard.n_images
-    # the uploaded checkpoint restores the guard
-    state = torch.load(state_path)  # plain tensors and dicts: the safe weights_only loader reads it
+    # the run says what ran, as `screen` does; detector metrics at every batch, not only at checkpoints
+    assert run.info.run_name == run_name and run.data.tags["mlflow.source.name"] == "tanl-guard monai"
+    assert [m.step for m in client.get_metric_history(run_id, "gate/threshold")] == [3, 6]
+    # the uploaded checkpoint is signed and restores the guard
+    state = load_guard_state(state_path)
     assert state["n_images"] == fresh_guard.n_images
     fresh_guard.load_state_dict(state)
 
@@ -197,6 +201,34 @@ def test_verdict_report_and_predictions_csv_join_on_hashed_keys(fresh_guard, eva
     # a second run starts a fresh report
     evaluator.run()
     assert len(report.read_text().splitlines()) == 6
+
+
+def test_engine_error_ends_the_run_failed_and_propagates(fresh_guard, brain_slices, tmp_path: Path):
+    """An engine that raises leaves no RUNNING run and no journal lock behind, and its caller still sees the error."""
+    audit = AuditLogger(AuditConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="failing",
+                                    journal_dir=tmp_path / "journal", backfill_on_start=False))
+    inferer = GuardedInferer(guard=fresh_guard)
+    network = make_network()
+
+    def step(engine: Engine, batch: dict[str, Any]) -> dict[str, Any]:
+        if engine.state.iteration == 2:
+            raise RuntimeError("the classifier ran out of memory")
+        with torch.no_grad():
+            return {"pred": inferer(batch["image"], network)}
+
+    engine = Engine(step)
+    engine.inferer = inferer
+    OODAuditHandler(audit, salt=SALT).attach(engine)
+    batch = {"image": batch_of([brain_slices[1]])}
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.run([batch, batch], max_epochs=1)
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    assert run.info.status == "FAILED" and run.info.run_name.startswith("monai tanl surrogate")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "gate/threshold")]
+    assert steps == [1], "the detector's metrics after every batch, without checkpoints"
+    assert not list((tmp_path / "journal").rglob("*.lock")), "the journal lock is released"
 
 
 def test_handler_arguments():

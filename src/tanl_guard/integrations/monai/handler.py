@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -15,7 +14,8 @@ from typing import Any
 import torch
 
 from tanl_guard._optional import optional_import
-from tanl_guard.pipeline.checkpoint import atomic_torch_save
+from tanl_guard.guard.describe import describe_guard
+from tanl_guard.pipeline.checkpoint import save_guard_state
 
 from .verdicts import items_from_meta
 
@@ -172,12 +172,15 @@ class OODAuditHandler:
       names from ``engine.state.batch`` metadata, and logs one verdict record per item plus the screening
       metrics, stepped by items seen. File names are logged only as salted hashes of their absolute paths (``study``
       key), never as paths.
+    - After every batch: logs the detector's state metrics (threshold, queue sizes, churn) at the items seen.
     - Every ``checkpoint_every`` items, on ``EPOCH_COMPLETED`` and on ``COMPLETED``: logs ``guard.snapshot()``
-      (``state/step_<n>.json``), saves ``guard.state_dict()`` to ``state_path`` with ``torch.save`` and uploads
-      it under ``state/``.
-    - On ``STARTED`` it starts the audit run when the logger has not been started yet (params and tags from
-      :meth:`describe`: ID labels, corpus, encoder, detector and threshold settings); on ``COMPLETED`` it
-      flushes, and finishes the run when ``close_on_complete`` and it started the run.
+      (``state/step_<n>.json``), saves ``guard.state_dict()`` signed to ``state_path``
+      (:func:`~tanl_guard.pipeline.checkpoint.save_guard_state`; read it back with ``load_guard_state``) and uploads it as
+      ``state/final.pt``, where ``tanl-guard state show RUN_ID`` and ``audit summary`` find it.
+    - On ``STARTED`` it starts the audit run when the logger has not been started yet (params, tags and run name
+      from :meth:`describe`, built by :func:`~tanl_guard.guard.describe_guard` as for ``tanl-guard screen``); on
+      ``COMPLETED`` it flushes, and finishes the run when ``close_on_complete`` and it started the run; on
+      ``EXCEPTION_RAISED`` it ends that run FAILED and re-raises.
 
     A record holds ``study``, ``verdict``, ``id_score``, ``threshold``, ``reason``, ``top_negatives``, ``id_label``
     (the ID label the gate matched best), ``classified``, ``flagged`` and, for items the classifier ran on,
@@ -269,6 +272,8 @@ class OODAuditHandler:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         if not engine.has_event_handler(self.completed, Events.COMPLETED):
             engine.add_event_handler(Events.COMPLETED, self.completed)
+        if not engine.has_event_handler(self.exception_raised, Events.EXCEPTION_RAISED):
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
 
     def _guard(self, engine: Any) -> Any:
         if self.guard is not None:
@@ -292,7 +297,10 @@ class OODAuditHandler:
         if self.logger is None or getattr(self.logger, "run_key", None) is not None:
             return
         params, tags = self.describe(engine)
-        self.logger.start(params=self.params if self.params is not None else params, tags={**tags, **self.tags})
+        guard = self._guard(engine)
+        run_name = describe_guard(guard, entry_point="monai").run_name if guard is not None else None
+        self.logger.start(params=self.params if self.params is not None else params, tags={**tags, **self.tags},
+                          run_name=run_name)
         self._started_run = True
 
     def iteration(self, engine: Any) -> None:
@@ -328,6 +336,10 @@ class OODAuditHandler:
         n = self.checkpoint_every
         if n and self.items_seen // n > before // n:
             self.checkpoint(engine)
+        elif self.logger is not None:  # the detector's metrics at every batch; its snapshot file at checkpoints
+            guard = self._guard(engine)
+            if guard is not None:
+                self.logger.log_state(guard.snapshot(), step=self.items_seen, save_snapshot=False)
 
     def epoch_completed(self, engine: Any) -> None:
         """Checkpoint the detector state at the end of an epoch.
@@ -351,6 +363,21 @@ class OODAuditHandler:
         else:
             self.logger.flush()
 
+    def exception_raised(self, engine: Any, error: BaseException) -> None:
+        """End the run this handler started as FAILED (releasing its journal lock), then re-raise ``error``.
+
+        Ignite stops propagating an exception once an ``EXCEPTION_RAISED`` handler exists, so this one raises it
+        again: the engine's caller still sees the error.
+
+        Args:
+            engine: the engine.
+            error: what the engine raised.
+        """
+        if self.logger is not None and self._started_run:
+            self.logger.fail(error)
+            self._started_run = False
+        raise error
+
     # ------------------------------------------------------------------ work
     def checkpoint(self, engine: Any) -> None:
         """Log ``guard.snapshot()`` and save/upload ``guard.state_dict()`` at the current step (once per step).
@@ -370,9 +397,9 @@ class OODAuditHandler:
             snapshot = dict(guard.snapshot())
             self.logger.log_state(snapshot, step=step)
         if self.state_path is not None:
-            atomic_torch_save(self.state_path, guard.state_dict())  # a crash never leaves a torn checkpoint
+            save_guard_state(self.state_path, guard.state_dict())  # signed, atomic: never a torn checkpoint
             if self.logger is not None:
-                self.logger.log_artifact_file(self.state_path, "state")
+                self.logger.log_final_state(self.state_path)
 
     def _verdict_items(self, engine: Any, preds: Any) -> list[dict[str, Any]] | None:
         items = None
@@ -412,19 +439,14 @@ class OODAuditHandler:
     def describe(self, engine: Any) -> tuple[dict[str, Any], dict[str, str]]:
         """The run's params and tags: what ran (ID labels, corpus, encoder, detector, threshold) and how.
 
-        Params: ``encoder``, ``detector``, ``corpus``, ``corpus_size``, ``id_labels``, ``reference_images``,
-        ``threshold``, ``view_reduction``, ``top_negatives``, ``seed``, ``detector_config`` and ``calibration``
-        (the CLI's names), plus ``monai`` (``on_reject``, ``view``, ``base_inferer``); tags: ``encoder.id``,
-        ``encoder.weights_sha256``, ``corpus.sha256`` and ``classifier.id``.
+        The guard's part comes from :func:`~tanl_guard.guard.describe_guard`, as for ``tanl-guard screen`` (same
+        settings, same ``config.sha256``); this handler adds ``monai`` (``on_reject``, ``view``,
+        ``base_inferer``) to the params and ``classifier.id`` (the network's class) to the tags.
 
         Args:
             engine: the engine (its inferer and network, and the guard when none was given).
         """
-        # SEAM(audit): one run describer for the CLI, this handler and the listener is being written as
-        # tanl_guard.guard.describe; when it lands, build the guard's params and tags from it here and keep only
-        # the MONAI part ("monai" params, "classifier.id" tag) in this method.
         params: dict[str, Any] = {}
-        tags: dict[str, str] = {}
         inferer = getattr(engine, "inferer", None)
         if hasattr(inferer, "on_reject"):
             params["monai"] = {
@@ -433,36 +455,14 @@ class OODAuditHandler:
                 "base_inferer": type(getattr(inferer, "base_inferer", None)).__name__,
             }
         network = getattr(engine, "network", None)
-        if network is not None:
-            tags["classifier.id"] = type(network).__name__
+        classifier = type(network).__name__ if network is not None else None
         guard = self._guard(engine)
         if guard is None:
-            return params, tags
-        encoder, corpus, anchors, policy = guard.encoder, guard.corpus, guard.anchors, guard.policy
+            return params, ({"classifier.id": classifier} if classifier else {})
+        anchors = guard.anchors
         image_columns = [i for i, kind in enumerate(anchors.kinds) if kind == "image"]
-        detector = getattr(guard.detector, "name", type(guard.detector).__name__)
-        params.update(
-            encoder=str(getattr(encoder, "id", type(encoder).__name__)),
-            detector=detector,
-            corpus=getattr(corpus, "name", "") or "(unnamed)",
-            corpus_size=len(corpus),
-            id_labels=list(anchors.labels),
-            reference_images=sum(anchors.support[i] for i in image_columns) if anchors.support else len(image_columns),
-            threshold=str(policy.threshold),
-            view_reduction=policy.view_reduction,
-            top_negatives=policy.top_negatives,
-            seed=guard.seed,
-        )
-        config = getattr(guard.detector, "config", None)
-        if dataclasses.is_dataclass(config) and not isinstance(config, type):
-            params["detector_config"] = dataclasses.asdict(config)
-        if guard.calibration:
-            params["calibration"] = dict(guard.calibration)
-        tags["encoder.id"] = params["encoder"]
-        try:
-            tags["encoder.weights_sha256"] = str(encoder.weights_sha256)
-        except Exception:  # an encoder without a weights hash: the tag is simply absent
-            pass
-        if hasattr(corpus, "sha256"):
-            tags["corpus.sha256"] = str(corpus.sha256)
-        return params, tags
+        n_reference = sum(anchors.support[i] for i in image_columns) if anchors.support else len(image_columns)
+        description = describe_guard(guard, entry_point="monai", classifier=classifier, **params)
+        # the reference images themselves are not known here, only how many the guard was built with
+        params = {**description.params, "reference_images": n_reference}
+        return params, {k: v for k, v in description.tags.items() if v}
