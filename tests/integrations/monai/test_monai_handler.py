@@ -17,7 +17,6 @@ from monai.handlers import MLFlowHandler
 from monai_testing import SALT, batch_of, eval_loader, make_network
 
 from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
-from tanl_guard.pipeline.checkpoint import load_guard_state
 from tanl_guard.integrations.monai import (
     BatchVerdicts,
     GuardedInferer,
@@ -25,6 +24,7 @@ from tanl_guard.integrations.monai import (
     OODAuditHandler,
     items_from_meta,
 )
+from tanl_guard.pipeline.checkpoint import load_guard_state
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::pandas.errors.Pandas4Warning",
