@@ -97,7 +97,8 @@ class ScreenReport:
         studies: one verdict per study, in the folder's stable (as-found) order.
         orphans: unreadable files that belong to no study (``study`` is None).
         file_counts: files per final status.
-        seconds: wall time per phase: ingest (scan + decode), encode, gate, audit.
+        seconds: wall time per phase: ingest (the scan and the manifest, then waiting for decoded batches: with
+            decode workers the decoding itself overlaps encoding), encode, gate, audit.
         views: views scored in this invocation.
         resumed: studies that were already done in the checkpoint resumed from.
         order_seed: the seed of the screening order (None for as-found).
@@ -264,8 +265,10 @@ class Screener:
                          verdict_counts=Counter(checkpoint_in.get("verdict_counts", {})),
                          orphans_logged=bool(checkpoint_in.get("orphans_logged", False)))
             report.resumed = state["step"]
-        else:
+        else:  # a fresh start: an older checkpoint would name verdicts that are no longer there
             clear_segments(segments)
+            if cfg.state_path:
+                Path(cfg.state_path).unlink(missing_ok=True)
 
         def checkpoint() -> None:
             writer.sync()  # the segments first: a checkpoint commits only verdicts already on disk
@@ -284,8 +287,6 @@ class Screener:
         batches = iter_decoded_batches(manifest, cfg.view, self.dicom_config, workers=cfg.workers,
                                        prefetch=cfg.prefetch, after_batch=state["last_batch"], stop=self._stop.is_set)
         try:
-            if cfg.state_path and checkpoint_in is None:
-                checkpoint()  # a fresh start replaces an older checkpoint at once: it would name other segments
             while True:
                 t = time.perf_counter()
                 batch = next(batches, None)  # decoded ahead by the workers: this is the wait, not the decoding
