@@ -179,8 +179,11 @@ def _worker_init() -> None:
 def _decode_pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes started by a fork server: a clean process (no torch threads forked mid-flight) that has
     imported the decoders once."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:  # Windows
+        context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
 
 
