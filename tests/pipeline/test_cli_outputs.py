@@ -20,8 +20,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 
 def _complete_payload() -> dict:
     guard = {"detector": {"detector": "tanl"}, "history": torch.zeros(3, dtype=torch.float64), "n_images": 3}
-    return {"folder": "f" * 64, "order": ["shuffled", 0], "guard": guard, "step": 1,
-            "verdicts": {"abc": {"study": "abc", "verdict": "reject"}}}
+    return {"manifest": "f" * 64, "last_batch": 0, "order": ["shuffled", 0], "guard": guard, "step": 1,
+            "verdict_counts": {"reject": 1}}
 
 
 def _bad_checkpoints(folder):
@@ -36,7 +36,7 @@ def _bad_checkpoints(folder):
     foreign = folder / "foreign.pt"
     torch.save({"format": CHECKPOINT_FORMAT, **_complete_payload()}, foreign)  # right content, never signed
     missing = folder / "missing.pt"
-    save_signed(missing, {"format": CHECKPOINT_FORMAT, "folder": "x", "order": [], "guard": {}, "step": 0})
+    save_signed(missing, {"format": CHECKPOINT_FORMAT, "manifest": "x", "order": [], "guard": {}, "step": 0})
     files = {
         "verdict bytes": bytes(flipped),
         "tensor bit": bytes(tensor_flip),

@@ -18,17 +18,24 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 def describe_checkpoint(payload: dict) -> dict:
     """A JSON-safe description of a screening checkpoint."""
     detector = payload["guard"]["detector"]
-    verdicts = payload.get("verdicts", {})
+    if "verdicts" in payload:  # an earlier version's checkpoint held every verdict
+        verdicts = payload["verdicts"]
+        done, counts = len(verdicts), dict(Counter(v["verdict"] for v in verdicts.values()))
+    else:  # the verdicts are in the work directory's segments; the checkpoint counts them
+        done, counts = int(payload.get("step", 0)), dict(payload.get("verdict_counts", {}))
     out = {
         "format": payload.get("format"),
-        "studies_done": len(verdicts),
-        "verdicts": dict(Counter(v["verdict"] for v in verdicts.values())),
+        "studies_done": done,
+        "verdicts": counts,
         "order": payload.get("order"),
         "detector": detector.get("detector"),
         "images_screened": payload["guard"].get("n_images"),
         "threshold_policy": payload["guard"].get("policy_threshold"),
         "metadata": payload.get("metadata", {}),
     }
+    if "last_batch" in payload:
+        out.update(last_batch=payload["last_batch"], manifest=payload.get("manifest"),
+                   encoder_sha256=payload.get("encoder") or None)
     if detector.get("detector") == "tanl":
         out.update(
             threshold=detector["threshold"],
@@ -59,7 +66,13 @@ def show(source: str, tracking_uri: str | None) -> None:
     """
     import shutil
 
-    from ..pipeline.checkpoint import CHECKPOINT_FORMAT, GUARD_STATE_FORMAT, CheckpointError, load_signed
+    from ..pipeline.checkpoint import (
+        CHECKPOINT_FORMAT,
+        GUARD_STATE_FORMAT,
+        LEGACY_CHECKPOINT_FORMATS,
+        CheckpointError,
+        load_signed,
+    )
 
     path = Path(source)
     downloaded = None
@@ -71,7 +84,8 @@ def show(source: str, tracking_uri: str | None) -> None:
 
             path = downloaded = download_state(source, tracking_uri)
         payload = load_signed(path)
-        if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, GUARD_STATE_FORMAT):
+        if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, GUARD_STATE_FORMAT,
+                                                                      *LEGACY_CHECKPOINT_FORMATS):
             raise CheckpointError(f"{path.name} is not a tanl-guard state file")
         try:
             description = describe_checkpoint(payload)

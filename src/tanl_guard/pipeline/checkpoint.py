@@ -25,6 +25,7 @@ import torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LEGACY_CHECKPOINT_FORMATS",
     "GUARD_STATE_FORMAT",
     "CheckpointError",
     "atomic_torch_save",
@@ -38,12 +39,15 @@ __all__ = [
     "state_signing_key",
 ]
 
-CHECKPOINT_FORMAT = "tanl_guard.screen.v2"
+# v3: O(1) in the archive size (guard state, last committed batch, manifest digest, encoder weights hash, counts);
+# the verdicts are in append-only segments. v2 held every verdict; it can be shown, not resumed.
+CHECKPOINT_FORMAT = "tanl_guard.screen.v3"
+LEGACY_CHECKPOINT_FORMATS = ("tanl_guard.screen.v2",)
 GUARD_STATE_FORMAT = "tanl_guard.guard_state.v1"
 MAGIC = b"TANL-GUARD SIGNED STATE v1\n"
 _KEY_CONTEXT = b"tanl-guard state signature v1"
 _MAC_HEX = 64
-_CHECKPOINT_KEYS = {"folder": str, "order": list, "guard": dict, "verdicts": dict, "step": int}
+_CHECKPOINT_KEYS = {"manifest": str, "last_batch": int, "order": list, "guard": dict, "step": int}
 _GUARD_KEYS = ("detector", "history", "n_images")
 
 
@@ -175,11 +179,13 @@ def _check_keys(name: str, payload: Any, keys: Mapping[str, type] | tuple[str, .
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write a screening checkpoint (guard state, done studies, counts) to ``path``, signed and atomically.
+    """Write a screening checkpoint to ``path``, signed and atomically.
 
     Args:
         path: the checkpoint file.
-        payload: ``folder``, ``order``, ``guard`` (``Guard.state_dict()``), ``verdicts``, ``step`` and more.
+        payload: ``manifest`` (its digest), ``last_batch`` (the last batch whose verdicts are committed to the
+            segments), ``order``, ``guard`` (``Guard.state_dict()``), ``step`` (studies done) and more (the
+            encoder's weights hash, counts, metadata). Never the verdicts themselves.
     """
     return save_signed(path, {"format": CHECKPOINT_FORMAT, **payload})
 
@@ -198,6 +204,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     payload = load_signed(path)
     if isinstance(payload, dict) and payload.get("format") == GUARD_STATE_FORMAT:
         raise CheckpointError(f"{name} is a saved guard state (MONAI handler), not a screening checkpoint")
+    if isinstance(payload, dict) and payload.get("format") in LEGACY_CHECKPOINT_FORMATS:
+        raise CheckpointError(f"{name} is a screening checkpoint of an earlier version (every verdict inside); this "
+                              "version cannot resume it: screen again without --resume")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{name} is not a tanl-guard screening checkpoint")
     _check_keys(name, payload, _CHECKPOINT_KEYS, "screening checkpoint")
@@ -227,7 +236,8 @@ def load_guard_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     name = Path(path).name
     payload = load_signed(path)
-    if not isinstance(payload, dict) or payload.get("format") not in (GUARD_STATE_FORMAT, CHECKPOINT_FORMAT):
+    if not isinstance(payload, dict) or payload.get("format") not in (GUARD_STATE_FORMAT, CHECKPOINT_FORMAT,
+                                                                      *LEGACY_CHECKPOINT_FORMATS):
         raise CheckpointError(f"{name} is not a tanl-guard state file")
     _check_keys(name, payload, ("guard",), "state file")
     _check_keys(name, payload["guard"], _GUARD_KEYS, "state file")

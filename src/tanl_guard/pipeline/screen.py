@@ -1,26 +1,38 @@
 # Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
-"""Screening a folder of DICOM studies: ingest, gate in batches, verdicts, audit, checkpoints and resume."""
+"""Screening a folder of DICOM studies: manifest, decode, encode, gate in fixed batches, verdict segments, audit,
+O(1) checkpoints and exact resume.
+
+The run is the ingest pipeline of :mod:`~tanl_guard.pipeline.manifest`, :mod:`~tanl_guard.pipeline.ingest`,
+:mod:`~tanl_guard.pipeline.gating` and :mod:`~tanl_guard.pipeline.segments`: the manifest fixes the order and the
+batches, worker processes decode ahead while this process encodes and gates, verdicts go to append-only segments
+in the work directory, and a checkpoint holds only the guard state, the last committed batch and the hashes.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import random
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..dicom import DicomScanConfig, FileStatus, ScanResult, SeriesViews, load_series_views, scan_folder
-from ..guard import Guard, SeriesVerdict, StudyVerdict, count_studies, study_verdict
+from ..dicom import DicomScanConfig
+from ..dicom.view_spec import ViewSpec
+from ..guard import Guard, SeriesVerdict, StudyVerdict, count_studies
 from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
 from .checkpoint import load_checkpoint, save_checkpoint
+from .gating import encode_batch, judge_batch, orphan_verdicts
+from .ingest import DecodedBatch, iter_decoded_batches
+from .manifest import ORDERS, Manifest, ManifestSettings, build_manifest
+from .segments import SegmentWriter, clear_segments, read_verdicts
 
-__all__ = ["ScreenConfig", "ScreenReport", "Screener"]
+__all__ = ["ScreenConfig", "ScreenReport", "Screener", "work_dir_of"]
 
-ORDERS = ("shuffled", "as-found")
+_MISMATCH = "the checkpoint was written for another folder or another screening order"
 
 
 @dataclass(frozen=True)
@@ -30,13 +42,18 @@ class ScreenConfig:
     Attributes:
         view: ``slices:K`` (default ``slices:3``), ``mid`` or ``mip``.
         batch_size: views per gate batch; whole studies are batched together until at least this many views
-            wait (TANL's final scores use the confident samples of their own batch).
+            are expected from their headers (TANL's final scores use the confident samples of their own batch).
+            The batches are fixed in the manifest, whatever decodes or embeds them.
         order: ``shuffled`` (default; seeded) or ``as-found``. A stream sorted by kind roughly doubles TANL's
             FPR95 (all ID first), so when the folder is ours to order we shuffle it; output order stays stable.
-        seed: seed of the shuffled order.
+        seed: seed of the shuffled order (a keyed hash of the seed and each study key).
         checkpoint_every: write a checkpoint after at least this many newly screened studies (and at the end).
         state_path: the checkpoint file (None: no checkpoints, no resume).
-        resume: continue from ``state_path``: done studies are skipped, the guard state restored.
+        resume: continue from ``state_path``: committed batches are skipped, the guard state restored.
+        work_dir: where the manifest and the verdict segments are kept (default: ``<state_path>.work``; without
+            a state path, a temporary folder removed after the run). Holds relative file paths: keep it private.
+        workers: decode worker processes (0: decode in this process, between batches).
+        prefetch: batches decoded ahead of the one being encoded (bounds memory to ``prefetch + 1`` batches).
     """
 
     view: str = "slices:3"
@@ -46,14 +63,30 @@ class ScreenConfig:
     checkpoint_every: int = 50
     state_path: str | None = None
     resume: bool = False
+    work_dir: str | None = None
+    workers: int = 0
+    prefetch: int = 2
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("batch_size and checkpoint_every must be >= 1")
+        if self.workers < 0 or self.prefetch < 1:
+            raise ValueError("workers must be >= 0 and prefetch >= 1")
         if self.resume and not self.state_path:
             raise ValueError("resume needs a state_path")
+
+
+def work_dir_of(config: ScreenConfig) -> Path | None:
+    """The work directory a screening uses: ``config.work_dir``, else ``<state_path>.work``, else None.
+
+    Args:
+        config: the screening settings.
+    """
+    if config.work_dir:
+        return Path(config.work_dir)
+    return Path(f"{config.state_path}.work") if config.state_path else None
 
 
 @dataclass
@@ -105,18 +138,13 @@ def _verdict_from_json(line: dict[str, Any]) -> StudyVerdict:
                         reason=line["reason"], step=line.get("step"))
 
 
-def _unreadable_series(sv: SeriesViews) -> SeriesVerdict:
-    reason = sv.reason.value if sv.reason is not None else "unreadable"
-    return SeriesVerdict(series=sv.series_key, modality=sv.modality, verdict=UNREADABLE,
-                         reason=f"{reason}: {sv.detail}" if sv.detail else reason, conflicts=sv.conflicts)
-
 
 class Screener:
     """Screens the studies of a folder through a :class:`~tanl_guard.guard.Guard`.
 
     Args:
-        guard: the guard (it keeps the online state across calls).
-        config: order, batching, checkpoints.
+        guard: the guard (it keeps the online state across calls; it stays in this process).
+        config: order, batching, checkpoints, work directory, decode workers.
         dicom_config: scan and decode settings (salt, limits, codecs).
         audit: an audit logger (``log_verdicts``, ``log_state``, ``log_final_state``, ``log_dataset``,
             ``log_thumbnail``), or None.
@@ -156,17 +184,6 @@ class Screener:
         self._stop.set()
 
     # ------------------------------------------------------------------ helpers
-    def _order(self, scan: ScanResult) -> list[int]:
-        order = list(range(len(scan.studies)))
-        if self.config.order == "shuffled":
-            random.Random(self.config.seed).shuffle(order)
-        return order
-
-    @staticmethod
-    def _folder_key(scan: ScanResult) -> str:
-        keys = sorted(s.study_key for s in scan.studies)
-        return hashlib.sha256("\n".join(keys).encode()).hexdigest()
-
     def _timed_audit(self, report: ScreenReport, method: str, *args: Any, **kwargs: Any) -> None:
         if self.audit is None:
             return
@@ -174,143 +191,147 @@ class Screener:
         getattr(self.audit, method)(*args, **kwargs)
         report.seconds["audit"] += time.perf_counter() - start
 
+    def _manifest(self, root: str | Path, work: Path, checkpoint: dict[str, Any] | None) -> Manifest:
+        """Build the folder's manifest, or reuse the stored one that a resumed checkpoint was written for."""
+        cfg = self.config
+        wanted = ManifestSettings(str(Path(root).absolute()), str(ViewSpec.parse(cfg.view)), cfg.batch_size,
+                                  cfg.order, cfg.seed)
+        folder = work / "manifest"
+        if checkpoint is not None and Manifest.settings_in(folder) == (wanted, checkpoint["manifest"]):
+            try:  # resume continues the manifest it started: no rescan of a large archive
+                return Manifest.read(folder)
+            except (OSError, ValueError):
+                pass  # damaged: rebuild it, and the digest check below decides
+        manifest = build_manifest(root, self.dicom_config, seed=cfg.seed, batch_size=cfg.batch_size, order=cfg.order,
+                                  view=cfg.view)
+        if checkpoint is not None and manifest.digest != checkpoint["manifest"]:
+            raise ValueError(_MISMATCH)
+        manifest.write(folder)
+        return manifest
+
+    def _encoder_hash(self) -> str:
+        return str(getattr(self.guard.encoder, "weights_sha256", "") or "")
+
+    def _thumbnails(self, report: ScreenReport, batch: DecodedBatch, verdicts: list[StudyVerdict]) -> None:
+        if self.audit is None or not getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
+            return
+        thumbnails = {sv.series_key: sv.views[0] for s in batch.studies for sv in s.series if sv.ok}
+        for verdict in verdicts:
+            if verdict.verdict == REJECT:  # the least in-distribution series shows why
+                worst = min((s for s in verdict.series if s.id_score is not None), key=lambda s: s.id_score)
+                self._timed_audit(report, "log_thumbnail", thumbnails[worst.series], verdict.study)
+
     # ------------------------------------------------------------------ run
     def run(self, root: str | Path) -> ScreenReport:
         """Screen every study under ``root`` and return the report (verdicts in a stable order)."""
+        cfg = self.config
+        work = work_dir_of(cfg)
+        temporary = work is None
+        if work is None:
+            work = Path(tempfile.mkdtemp(prefix="tanl_guard_screen_"))
+        try:
+            return self._run(root, work)
+        finally:
+            if temporary:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _run(self, root: str | Path, work: Path) -> ScreenReport:
         cfg, guard = self.config, self.guard
         report = ScreenReport(order_seed=cfg.seed if cfg.order == "shuffled" else None)
+        checkpoint_in = load_checkpoint(cfg.state_path) if cfg.resume else None
         start = time.perf_counter()
-        scan = scan_folder(root, self.dicom_config)
+        manifest = self._manifest(root, work, checkpoint_in)
         report.seconds["ingest"] += time.perf_counter() - start
-        folder_key = self._folder_key(scan)
-        report.found = len(scan.studies)
+        report.found = len(manifest)
         if self.audit is not None and hasattr(self.audit, "log_dataset"):  # by digest of the salted keys only
-            self._timed_audit(report, "log_dataset", "screened folder", folder_key, "screening",
-                              {"studies": len(scan.studies), "files": len(scan.outcomes)})
+            self._timed_audit(report, "log_dataset", "screened folder", manifest.folder_key, "screening",
+                              {"studies": len(manifest), "files": manifest.files})
 
-        done: dict[str, dict[str, Any]] = {}
-        checkpoint_in: dict[str, Any] = {}
-        if cfg.resume:
-            checkpoint_in = load_checkpoint(cfg.state_path)
-            if checkpoint_in["folder"] != folder_key or checkpoint_in["order"] != [cfg.order, cfg.seed]:
-                raise ValueError("the checkpoint was written for another folder or another screening order")
+        segments = work / "segments"
+        encoder_hash = self._encoder_hash() if cfg.state_path else ""
+        state: dict[str, Any] = {"last_batch": -1, "step": 0, "since_checkpoint": 0, "file_counts": Counter(),
+                                 "verdict_counts": Counter(), "orphans_logged": False}
+        if checkpoint_in is not None:
+            if checkpoint_in.get("encoder") and encoder_hash and checkpoint_in["encoder"] != encoder_hash:
+                raise ValueError("the checkpoint was written with another encoder (its weights differ)")
+            committed = sum(1 for _ in read_verdicts(segments, manifest.digest, checkpoint_in["last_batch"]))
+            if committed != checkpoint_in["step"]:
+                raise ValueError(f"the verdicts of the checkpoint are missing from {segments} ({committed} of "
+                                 f"{checkpoint_in['step']} studies): resume with the work directory it was written with")
             guard.load_state_dict(checkpoint_in["guard"])
-            done = dict(checkpoint_in["verdicts"])
-            report.resumed = len(done)
-
-        # Final outcomes of the files decoded per study (counts only: checkpoints hold no file names).
-        state: dict[str, Any] = {"step": len(done), "since_checkpoint": 0,
-                                 "file_counts": Counter(checkpoint_in.get("file_counts", {})),
-                                 "orphans_logged": bool(checkpoint_in.get("orphans_logged", False))}
-        pending: list[tuple[str, list[SeriesViews]]] = []
-        total = len(scan.studies)
-
-        def finish(verdict: StudyVerdict, series: list[SeriesViews]) -> None:
-            state["step"] += 1
-            state["since_checkpoint"] += 1
-            state["file_counts"].update(o.status.value for sv in series for o in sv.outcomes)
-            line = verdict.to_json()
-            line["step"] = state["step"]
-            done[verdict.study] = line
-            self._timed_audit(report, "log_verdicts", [line], step=state["step"])
-            if self.on_verdict is not None:
-                self.on_verdict(verdict)
-            if self.progress is not None:
-                self.progress(len(done), total)
-
-        def flush() -> None:
-            views = [v for _, series in pending for sv in series if sv.ok for v in sv.views]
-            if views:
-                t = time.perf_counter()
-                features = guard.encoder.encode_images(views)
-                report.seconds["encode"] += time.perf_counter() - t
-                t = time.perf_counter()
-                gate = guard.score_features(features)
-                report.views += len(views)
-                verdicts, offset = [], 0
-                for study_key, series in pending:
-                    judged = []
-                    for sv in series:
-                        if sv.ok:
-                            judged.append(replace(guard.judge_series(sv.series_key, sv.modality, gate,
-                                                                     slice(offset, offset + len(sv.views))),
-                                                  conflicts=sv.conflicts))
-                            offset += len(sv.views)
-                        else:
-                            judged.append(_unreadable_series(sv))
-                    verdicts.append(study_verdict(study_key, judged, guard.policy.study_policy,
-                                                  guard.policy.top_negatives, state["step"] + len(verdicts) + 1))
-                report.seconds["gate"] += time.perf_counter() - t
-                for verdict, (_, series) in zip(verdicts, pending):
-                    finish(verdict, series)
-                if self.on_batch is not None:
-                    self.on_batch(state["step"])
-                if self.audit is not None and getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
-                    thumbnails = {sv.series_key: sv.views[0] for _, series in pending for sv in series if sv.ok}
-                    for verdict in verdicts:
-                        if verdict.verdict == REJECT:  # the least in-distribution series shows why
-                            worst = min((s for s in verdict.series if s.id_score is not None), key=lambda s: s.id_score)
-                            self._timed_audit(report, "log_thumbnail", thumbnails[worst.series], verdict.study)
-            pending.clear()
-            if cfg.state_path and state["since_checkpoint"] >= cfg.checkpoint_every:
-                checkpoint()
+            state.update(last_batch=int(checkpoint_in["last_batch"]), step=int(checkpoint_in["step"]),
+                         file_counts=Counter(checkpoint_in.get("file_counts", {})),
+                         verdict_counts=Counter(checkpoint_in.get("verdict_counts", {})),
+                         orphans_logged=bool(checkpoint_in.get("orphans_logged", False)))
+            report.resumed = state["step"]
+        else:
+            clear_segments(segments)
 
         def checkpoint() -> None:
+            writer.sync()  # the segments first: a checkpoint commits only verdicts already on disk
             save_checkpoint(cfg.state_path, {
-                "folder": folder_key, "order": [cfg.order, cfg.seed], "guard": guard.state_dict(),
-                "verdicts": dict(done), "step": state["step"], "metadata": self.checkpoint_metadata,
-                "file_counts": dict(state["file_counts"]), "orphans_logged": state["orphans_logged"],
+                "manifest": manifest.digest, "last_batch": state["last_batch"], "order": [cfg.order, cfg.seed],
+                "batch_size": cfg.batch_size, "view": str(ViewSpec.parse(cfg.view)), "encoder": encoder_hash,
+                "guard": guard.state_dict(), "step": state["step"], "metadata": self.checkpoint_metadata,
+                "file_counts": dict(state["file_counts"]), "verdict_counts": dict(state["verdict_counts"]),
+                "orphans_logged": state["orphans_logged"],
             })
             state["since_checkpoint"] = 0
             self._timed_audit(report, "log_state", guard.snapshot(), step=state["step"])
 
-        bad_files: dict[str, list[str]] = {}  # files of a study that were unreadable already at the scan
-        for o in scan.outcomes:
-            if o.status is FileStatus.UNREADABLE and o.study_key is not None:
-                bad_files.setdefault(o.study_key, []).append(o.reason.value if o.reason else "unreadable")
+        total = len(manifest)
+        writer = SegmentWriter(segments, manifest.digest, state["last_batch"])
+        batches = iter_decoded_batches(manifest, cfg.view, self.dicom_config, workers=cfg.workers,
+                                       prefetch=cfg.prefetch, after_batch=state["last_batch"], stop=self._stop.is_set)
+        try:
+            if cfg.state_path and checkpoint_in is None:
+                checkpoint()  # a fresh start replaces an older checkpoint at once: it would name other segments
+            while True:
+                t = time.perf_counter()
+                batch = next(batches, None)  # decoded ahead by the workers: this is the wait, not the decoding
+                report.seconds["ingest"] += time.perf_counter() - t
+                if batch is None:
+                    break
+                t = time.perf_counter()
+                features = encode_batch(guard.encoder, batch)
+                report.seconds["encode"] += time.perf_counter() - t
+                t = time.perf_counter()
+                verdicts = judge_batch(guard, batch, features, manifest.studies_before(batch.batch_id) + 1)
+                report.seconds["gate"] += time.perf_counter() - t
+                report.views += batch.n_views
+                lines = [dict(v.to_json(), step=v.step) for v in verdicts]
+                writer.write_batch(batch.batch_id, lines)
+                state["last_batch"] = batch.batch_id
+                for verdict, line, study in zip(verdicts, lines, batch.studies):
+                    state["step"] = verdict.step
+                    state["since_checkpoint"] += 1
+                    state["file_counts"].update(o.status.value for sv in study.series for o in sv.outcomes)
+                    state["verdict_counts"][verdict.verdict] += 1
+                    self._timed_audit(report, "log_verdicts", [line], step=verdict.step)
+                    if self.on_verdict is not None:
+                        self.on_verdict(verdict)
+                    if self.progress is not None:
+                        self.progress(verdict.step, total)
+                if batch.n_views and self.on_batch is not None:
+                    self.on_batch(state["step"])
+                self._thumbnails(report, batch, verdicts)
+                if cfg.state_path and state["since_checkpoint"] >= cfg.checkpoint_every:
+                    checkpoint()
+            report.stopped = state["last_batch"] < manifest.n_batches - 1
 
-        for index in self._order(scan):
-            if self._stop.is_set():  # the pending batch is still gated below
-                report.stopped = True
-                break
-            study = scan.studies[index]
-            if study.study_key in done:
-                continue
-            t = time.perf_counter()
-            series = [load_series_views(s, self.config.view, self.dicom_config) for s in study.series]
-            report.seconds["ingest"] += time.perf_counter() - t
-            if not any(sv.ok for sv in series):
-                verdict = study_verdict(study.study_key, [_unreadable_series(sv) for sv in series],
-                                        guard.policy.study_policy, guard.policy.top_negatives, state["step"] + 1)
-                problems = bad_files.get(study.study_key)
-                if problems:
-                    counts = Counter(problems)
-                    files = ", ".join(f"{n} file{'s' if n > 1 else ''} {reason}" for reason, n in counts.items())
-                    verdict = replace(verdict, reason=f"no readable series ({files})" if not series
-                                      else f"{verdict.reason}; {files}")
-                finish(verdict, series)
-                continue
-            pending.append((study.study_key, series))
-            if sum(len(sv.views) for _, s in pending for sv in s if sv.ok) >= cfg.batch_size:
-                flush()
-        flush()
+            report.orphans = orphan_verdicts(manifest.orphans)
+            if report.orphans and not state["orphans_logged"]:
+                self._timed_audit(report, "log_verdicts", [o.to_json() for o in report.orphans], step=state["step"])
+            state["orphans_logged"] = True
+            if cfg.state_path:
+                checkpoint()
+                self._timed_audit(report, "log_final_state", cfg.state_path)
+        finally:
+            batches.close()
+            writer.close()
 
-        report.orphans = [  # unreadable already at the scan, and part of no study
-            StudyVerdict(study=None, verdict=UNREADABLE,
-                         reason=f"file {o.path_key}: {o.reason.value if o.reason else 'unreadable'}"
-                         + (f": {o.detail}" if o.detail else ""))
-            for o in scan.outcomes
-            if o.status is FileStatus.UNREADABLE and o.study_key is None
-        ]
-        if report.orphans and not state["orphans_logged"]:
-            self._timed_audit(report, "log_verdicts", [o.to_json() for o in report.orphans], step=state["step"])
-        state["orphans_logged"] = True
-        if cfg.state_path:
-            checkpoint()
-            self._timed_audit(report, "log_final_state", cfg.state_path)
-
-        scanned = Counter(o.status.value for o in scan.outcomes if o.status is not FileStatus.PENDING)
-        report.file_counts = dict(sorted((scanned + state["file_counts"]).items()))
-        report.studies = [_verdict_from_json(done[s.study_key]) for s in scan.studies if s.study_key in done]
-        report.stopped = report.stopped and len(report.studies) < len(scan.studies)
+        report.file_counts = dict(sorted((Counter(manifest.scan_counts) + state["file_counts"]).items()))
+        lines = sorted((line for _, line in read_verdicts(segments, manifest.digest, state["last_batch"])),
+                       key=lambda line: line["study"])  # the folder's stable order: by study key, as scanned
+        report.studies = [_verdict_from_json(line) for line in lines]
         return report
