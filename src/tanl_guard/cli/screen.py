@@ -76,11 +76,12 @@ def _tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def _outputs_inside_input(studies_dir: Path, state_path: Path, report: Path | None, tracking_uri: str | None,
-                          no_audit: bool) -> list[str]:
+                          no_audit: bool, work_dir: Path | None = None) -> list[str]:
     """The outputs this run would write inside the (read-only) input folder."""
     from ._files import inside
 
-    outputs: list[tuple[str, Path]] = [("--state", state_path)]
+    outputs: list[tuple[str, Path]] = [("--state", state_path),
+                                       ("--work-dir", work_dir if work_dir is not None else Path(f"{state_path}.work"))]
     if report is not None:
         outputs.append(("--report", report))
     if not no_audit:
@@ -92,6 +93,25 @@ def _outputs_inside_input(studies_dir: Path, state_path: Path, report: Path | No
             outputs.append(("the MLflow store (--tracking-uri)", db))
         outputs.append(("the audit journal", config.resolved_journal_dir()))
     return [f"{what} ({path})" for what, path in outputs if inside(path, studies_dir)]
+
+
+def _engine_settings(engine: str, ray_address: str | None, workers: int | None, thumbnails: bool) -> Any:
+    """The Ray engine's settings for ``--engine ray`` (None for the local engine), checked before anything runs."""
+    if engine != "ray":
+        if ray_address is not None:
+            raise click.UsageError("--ray-address needs --engine ray")
+        return None
+    if thumbnails:
+        raise click.UsageError("--thumbnails needs --engine local: with --engine ray the pixels stay on the workers")
+    if workers == 0:
+        raise click.UsageError("--engine ray needs at least one encoder worker (--workers 1 or more)")
+    from ..integrations.ray import RayEngineConfig, import_ray
+
+    try:
+        import_ray()
+    except ImportError as exc:  # names the extra to install
+        raise click.ClickException(f"--engine ray: {exc}") from None
+    return RayEngineConfig(address=ray_address, workers=workers or 1)
 
 
 def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_dir: Path) -> None:
@@ -227,13 +247,26 @@ class _Signals:
 @click.option("--strict", is_flag=True,
               help=f"Exit {EXIT_UNREADABLE} when inputs were unreadable or conflicting (files sharing an SOP Instance "
                    f"UID with other content), {EXIT_NOTHING_SCREENED} when no study was found.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: decode, embed and gate in this process; ray: embed on a Ray cluster's encoder actors "
+                   "(pip install 'tanl-guard[ray]'), gate here. Same verdicts, same outputs.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="--engine ray: the cluster (HOST:PORT or ray://...); default: a Ray instance on this machine "
+                   "for the run.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="--engine ray: encoder actors (default 1; each loads the weights once, and a GPU where the "
+                   "cluster has one per actor). --engine local: decode worker processes (default 0: decode here).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Manifest, verdict segments and (ray) embedding shards (default: STATE.work beside --state); "
+                   "rerunning with --resume reuses what is there. Holds file paths: keep it private.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
            reference: Path | None, corpus_spec: str, detector: str, device: str, batch_size: int, view: str,
            study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path,
            checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
-           strict: bool, quiet: bool) -> None:
+           strict: bool, engine: str, ray_address: str | None, workers: int | None, work_dir: Path | None,
+           quiet: bool) -> None:
     """Screen every DICOM study under STUDIES_DIR: accept, reject (out of distribution) or unreadable.
 
     STUDIES_DIR is only read: the checkpoint, the report and the audit store must lie outside it.
@@ -245,7 +278,8 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
         raise click.UsageError("give the in-distribution labels (--id-label/--id-labels) and/or --reference images")
     if resume and not state_path.exists():
         raise click.UsageError(f"--resume: no checkpoint at {state_path}")
-    clashes = _outputs_inside_input(studies_dir, state_path, report, tracking_uri, no_audit)
+    ray_config = _engine_settings(engine, ray_address, workers, thumbnails)
+    clashes = _outputs_inside_input(studies_dir, state_path, report, tracking_uri, no_audit, work_dir)
     if clashes:
         raise click.UsageError(
             f"STUDIES_DIR is read-only input, but this run would write inside it: {'; '.join(clashes)}. Run from "
@@ -275,7 +309,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
         _screen(studies_dir, encoder_spec, labels, reference, corpus_spec, detector, device, batch_size, view,
                 study_policy, threshold_policy, order, seed, state_path, checkpoint_every, resume, resume_metadata,
                 cache_dir, tracking_uri, experiment, run_name, no_audit, thumbnails, as_json, report_file,
-                fail_on_reject, strict, quiet)
+                fail_on_reject, strict, quiet, ray_config, workers, work_dir)
     finally:
         for lock in reversed(locks):
             lock.close()
@@ -286,7 +320,8 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
             order: str, seed: int, state_path: Path, checkpoint_every: int, resume: bool,
             resume_metadata: dict[str, Any], cache_dir: Path | None, tracking_uri: str | None, experiment: str,
             run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report_file: Any,
-            fail_on_reject: bool, strict: bool, quiet: bool) -> None:
+            fail_on_reject: bool, strict: bool, quiet: bool, ray_config: Any = None, workers: int | None = None,
+            work_dir: Path | None = None) -> None:
     from ..dicom import DicomScanConfig
     from ..guard import Guard, GuardPolicy, describe_guard
     from ..pipeline import ScreenConfig, Screener
@@ -295,7 +330,9 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     dicom_config = DicomScanConfig(view=view)
     policy = GuardPolicy(threshold=threshold_policy, study_policy=study_policy)
     screen_config = ScreenConfig(view=view, batch_size=batch_size, order=order, seed=seed,
-                                 checkpoint_every=checkpoint_every, state_path=str(state_path), resume=resume)
+                                 checkpoint_every=checkpoint_every, state_path=str(state_path), resume=resume,
+                                 work_dir=str(work_dir) if work_dir is not None else None,
+                                 workers=workers if ray_config is None and workers is not None else 0)
     try:
         references = load_reference_images(reference, labels, view, dicom_config) if reference else None
         if not quiet:
@@ -337,9 +374,15 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     def on_batch(step: int) -> None:  # the detector's state curves: threshold, queues, churn at every batch
         audit_logger.log_state(guard.snapshot(), step=step, save_snapshot=False)
 
-    screener = Screener(guard, screen_config, dicom_config, audit_logger, on_progress,
-                        checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)},
-                        on_batch=on_batch if audit_logger is not None else None)
+    screener_kwargs: dict[str, Any] = {}
+    screener_class: Any = Screener
+    if ray_config is not None:
+        from ..integrations.ray import RayScreener
+
+        screener_class, screener_kwargs = RayScreener, {"encoder_spec": encoder_spec, "ray_config": ray_config}
+    screener = screener_class(guard, screen_config, dicom_config, audit_logger, on_progress,
+                              checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)},
+                              on_batch=on_batch if audit_logger is not None else None, **screener_kwargs)
     run_info: dict[str, Any] = {}
     with _Signals() as signals:
         signals.attach(screener)

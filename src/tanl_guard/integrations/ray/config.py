@@ -15,9 +15,9 @@ class RayEngineConfig:
     Attributes:
         address: a running cluster (``ray://...`` or ``HOST:PORT``); None starts a local Ray instance on this
             machine for the run (and stops it afterwards).
-        workers: encoder actors in the pool (``--workers``); each loads the weights once.
-        work_dir: where the manifest's embeddings, the verdict segments and the checkpoint live (``--work-dir``);
-            it must be reachable by every node (a shared filesystem on a multi-node cluster).
+        workers: encoder actors in the pool (``--workers``); each loads the weights once. The shards go to the
+            screening's work directory (``ScreenConfig.work_dir``), which every node must reach (a shared
+            filesystem on a multi-node cluster).
         worker_cpus: CPUs each encoder actor reserves; None: 1, or less where the cluster is too small for
             ``workers`` actors and the decode tasks (a stage that cannot get a CPU hangs without an error).
         worker_gpus: GPUs each encoder actor reserves; None: 1 when the cluster has a GPU per worker, else 0.
@@ -31,7 +31,6 @@ class RayEngineConfig:
 
     address: str | None = None
     workers: int = 1
-    work_dir: str = "tanl_guard_work"
     worker_cpus: float | None = None
     worker_gpus: float | None = None
     decode_cpus: float = 0.25

@@ -54,14 +54,18 @@ class RayScreener(Screener):
         ray_config: cluster address, workers, reservations.
         **kwargs: as :class:`~tanl_guard.pipeline.Screener`.
 
-    After :meth:`run`, :attr:`job_stats` holds Ray Data's statistics of the embedding job (its executed stages).
+    After :meth:`run`, :attr:`job_plan` lists the operators of the embedding job (after Ray's fusion),
+    :attr:`job_stats` holds Ray Data's statistics of it, and :attr:`embedded_batches` counts the batches it embedded.
     """
 
     def __init__(self, *args: Any, encoder_spec: str, ray_config: RayEngineConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
+            raise ValueError("thumbnails need the pixels in this process: use the local engine for them")
         self.encoder_spec = encoder_spec
         self.ray_config = ray_config if ray_config is not None else RayEngineConfig()
         self.job_stats = ""
+        self.job_plan: list[str] = []
         self.embedded_batches = 0
 
     def _settings(self) -> EmbeddingSettings:
@@ -123,6 +127,6 @@ class RayScreener(Screener):
                     yield batch, features
             finally:
                 landed.close()
-                self.job_stats = job.stats
+                self.job_stats, self.job_plan = job.stats, list(job.plan)
                 if job.plan:  # what ran: decode and embedding stay two operators (fusion would serialise them)
                     log.info("embedding job stages: %s", " | ".join(job.plan))
