@@ -14,11 +14,32 @@ from ..._optional import optional_import
 __all__ = ["import_ray", "ray_session"]
 
 
+def _keep_stdout_clean() -> None:
+    """Send what Ray prints for the driver (worker logs, and errors such as "(raylet) A worker died") to stderr.
+
+    Ray prints those errors on stdout, which carries the ``--json`` lines. Its printer is looked up by name at
+    each call, so replacing it in its module routes every message through stderr.
+    """
+    import sys
+
+    module = sys.modules.get("ray._private.worker")
+    original = getattr(module, "print_to_stdstream", None)
+    if original is None or getattr(original, "_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return original({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr._to_stderr = True  # type: ignore[attr-defined]
+    module.print_to_stdstream = to_stderr  # type: ignore[union-attr]
+
+
 def import_ray() -> Any:
     """``import ray`` (with Ray Data) or a clear error naming the extra that installs it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to anyone, whatever happens next
     ray = optional_import("ray", "ray", "--engine ray")
     optional_import("ray.data", "ray", "--engine ray")
+    _keep_stdout_clean()
     return ray
 
 
