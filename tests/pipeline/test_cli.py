@@ -158,6 +158,15 @@ def test_outputs_inside_the_input_folder_are_refused(demo_folder, monkeypatch):
     assert sorted(p.name for p in demo_folder.studies.iterdir()) == before  # nothing written there
 
 
+def test_a_work_dir_inside_the_input_folder_is_refused(demo_folder, tmp_path):
+    before = sorted(p.name for p in demo_folder.studies.iterdir())
+    result = CliRunner().invoke(cli, ["screen", str(demo_folder.studies), "--encoder", "surrogate", "--id-label", "x",
+                                      "--no-audit", "--state", str(tmp_path / "s.pt"),
+                                      "--work-dir", str(demo_folder.studies / "work")])
+    assert result.exit_code == 2 and "--work-dir" in result.output
+    assert sorted(p.name for p in demo_folder.studies.iterdir()) == before and not list(tmp_path.iterdir())
+
+
 def test_readers_create_no_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()

@@ -4,7 +4,10 @@ O(1) checkpoints and exact resume after a stop."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +75,36 @@ def test_workers_decode_the_same_views_in_batch_order(manifest):
     # stopping early shuts the pool down and yields nothing more
     stopped = list(iter_decoded_batches(manifest, workers=1, stop=lambda: True))
     assert stopped == []
+
+
+def _children(parent: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                kids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_killed_decode_worker_is_replaced_and_changes_no_view(manifest, caplog):
+    from multiprocessing import forkserver
+
+    serial = list(iter_decoded_batches(manifest, workers=0))
+    batches = iter_decoded_batches(manifest, workers=1, prefetch=1)
+    got = [next(batches)]
+    workers = _children(forkserver._forkserver._forkserver_pid)  # the pool's processes come from the fork server
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    got += list(batches)
+    assert "a decode worker died" in caplog.text
+    assert [b.batch_id for b in got] == [b.batch_id for b in serial]
+    for a, b in zip(serial, got):
+        assert [sv.outcomes for s in a.studies for sv in s.series] == [sv.outcomes for s in b.studies for sv in s.series]
+        assert all(np.array_equal(x, y) for x, y in zip(a.views(), b.views()))
 
 
 def test_judge_needs_only_view_counts_so_embeddings_can_come_from_elsewhere(make_guard, manifest):

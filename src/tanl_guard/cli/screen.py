@@ -76,12 +76,11 @@ def _tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def _outputs_inside_input(studies_dir: Path, state_path: Path, report: Path | None, tracking_uri: str | None,
-                          no_audit: bool, work_dir: Path | None = None) -> list[str]:
+                          no_audit: bool, work_dir: Path) -> list[str]:
     """The outputs this run would write inside the (read-only) input folder."""
     from ._files import inside
 
-    outputs: list[tuple[str, Path]] = [("--state", state_path),
-                                       ("--work-dir", work_dir if work_dir is not None else Path(f"{state_path}.work"))]
+    outputs: list[tuple[str, Path]] = [("--state", state_path), ("--work-dir", work_dir)]
     if report is not None:
         outputs.append(("--report", report))
     if not no_audit:
@@ -95,7 +94,7 @@ def _outputs_inside_input(studies_dir: Path, state_path: Path, report: Path | No
     return [f"{what} ({path})" for what, path in outputs if inside(path, studies_dir)]
 
 
-def _engine_settings(engine: str, ray_address: str | None, workers: int | None, thumbnails: bool) -> Any:
+def _engine_settings(engine: str, ray_address: str | None, workers: int, thumbnails: bool) -> Any:
     """The Ray engine's settings for ``--engine ray`` (None for the local engine), checked before anything runs."""
     if engine != "ray":
         if ray_address is not None:
@@ -111,7 +110,7 @@ def _engine_settings(engine: str, ray_address: str | None, workers: int | None, 
         import_ray()
     except ImportError as exc:  # names the extra to install
         raise click.ClickException(f"--engine ray: {exc}") from None
-    return RayEngineConfig(address=ray_address, workers=workers or 1)
+    return RayEngineConfig(address=ray_address, workers=workers)
 
 
 def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_dir: Path) -> None:
@@ -221,11 +220,21 @@ class _Signals:
               help="Screening order; output order is stable either way.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the order and of TANL's cold start.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("tanl_guard_state.pt"), show_default=True, help="Checkpoint file (state + done studies), signed with this installation's secret; locked while "
-                   "a screen uses it.")
+              default=Path("tanl_guard_state.pt"), show_default=True,
+              help="Checkpoint file (detector state, last committed batch, manifest and encoder hashes), signed with "
+                   "this installation's secret; locked while a screen uses it.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the manifest, the verdict segments and (--engine ray) the embedding shards are kept "
+                   "(default: STATE.work beside --state). Holds relative file paths: keep it private, outside "
+                   "STUDIES_DIR.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Decode worker processes, decoding ahead while this process encodes (0: decode in between); "
+                   "with --engine ray, encoder actors on the cluster (each loads the weights once; a GPU each "
+                   "where the cluster has one per actor).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Checkpoint after this many studies.")
-@click.option("--resume", is_flag=True, help="Continue from --state: done studies are skipped, the state restored.")
+@click.option("--resume", is_flag=True,
+              help="Continue from --state: committed batches are skipped, the state restored.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Corpus embedding cache.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", callback=_tracking_uri,
               help="MLflow store: sqlite:////abs/path/mlflow.db, postgresql://..., or a tracking server "
@@ -253,20 +262,13 @@ class _Signals:
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="--engine ray: the cluster (HOST:PORT or ray://...); default: a Ray instance on this machine "
                    "for the run.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="--engine ray: encoder actors (default 1; each loads the weights once, and a GPU where the "
-                   "cluster has one per actor). --engine local: decode worker processes (default 0: decode here).")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Manifest, verdict segments and (ray) embedding shards (default: STATE.work beside --state); "
-                   "rerunning with --resume reuses what is there. Holds file paths: keep it private.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
            reference: Path | None, corpus_spec: str, detector: str, device: str, batch_size: int, view: str,
-           study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path,
-           checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
+           study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path, work_dir: Path | None,
+           workers: int, checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
-           strict: bool, engine: str, ray_address: str | None, workers: int | None, work_dir: Path | None,
-           quiet: bool) -> None:
+           strict: bool, engine: str, ray_address: str | None, quiet: bool) -> None:
     """Screen every DICOM study under STUDIES_DIR: accept, reject (out of distribution) or unreadable.
 
     STUDIES_DIR is only read: the checkpoint, the report and the audit store must lie outside it.
@@ -279,11 +281,13 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
     if resume and not state_path.exists():
         raise click.UsageError(f"--resume: no checkpoint at {state_path}")
     ray_config = _engine_settings(engine, ray_address, workers, thumbnails)
+    explicit_work_dir = work_dir is not None
+    work_dir = work_dir if work_dir is not None else state_path.with_name(state_path.name + ".work")
     clashes = _outputs_inside_input(studies_dir, state_path, report, tracking_uri, no_audit, work_dir)
     if clashes:
         raise click.UsageError(
             f"STUDIES_DIR is read-only input, but this run would write inside it: {'; '.join(clashes)}. Run from "
-            "another folder, or point --state, --report and --tracking-uri outside it."
+            "another folder, or point --state, --work-dir, --report and --tracking-uri outside it."
         )
 
     from ..pipeline import load_checkpoint
@@ -299,6 +303,8 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
     try:
         try:
             locks.append(StateLock(state_path))
+            if explicit_work_dir:  # the default one is covered by the lock of --state
+                locks.append(StateLock(work_dir))
             report_file = LockedReport(report) if report is not None else None
             if report_file is not None:
                 locks.append(report_file)
@@ -307,9 +313,10 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
         except OSError as exc:
             raise click.ClickException(f"cannot write the outputs: {exc}") from None
         _screen(studies_dir, encoder_spec, labels, reference, corpus_spec, detector, device, batch_size, view,
-                study_policy, threshold_policy, order, seed, state_path, checkpoint_every, resume, resume_metadata,
+                study_policy, threshold_policy, order, seed, state_path, work_dir, workers, checkpoint_every, resume,
+                resume_metadata,
                 cache_dir, tracking_uri, experiment, run_name, no_audit, thumbnails, as_json, report_file,
-                fail_on_reject, strict, quiet, ray_config, workers, work_dir)
+                fail_on_reject, strict, quiet, ray_config)
     finally:
         for lock in reversed(locks):
             lock.close()
@@ -317,11 +324,10 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
 
 def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: Path | None, corpus_spec: str,
             detector: str, device: str, batch_size: int, view: str, study_policy: str, threshold_policy: Any,
-            order: str, seed: int, state_path: Path, checkpoint_every: int, resume: bool,
-            resume_metadata: dict[str, Any], cache_dir: Path | None, tracking_uri: str | None, experiment: str,
+            order: str, seed: int, state_path: Path, work_dir: Path, workers: int, checkpoint_every: int,
+            resume: bool, resume_metadata: dict[str, Any], cache_dir: Path | None, tracking_uri: str | None, experiment: str,
             run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report_file: Any,
-            fail_on_reject: bool, strict: bool, quiet: bool, ray_config: Any = None, workers: int | None = None,
-            work_dir: Path | None = None) -> None:
+            fail_on_reject: bool, strict: bool, quiet: bool, ray_config: Any = None) -> None:
     from ..dicom import DicomScanConfig
     from ..guard import Guard, GuardPolicy, describe_guard
     from ..pipeline import ScreenConfig, Screener
@@ -331,8 +337,7 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     policy = GuardPolicy(threshold=threshold_policy, study_policy=study_policy)
     screen_config = ScreenConfig(view=view, batch_size=batch_size, order=order, seed=seed,
                                  checkpoint_every=checkpoint_every, state_path=str(state_path), resume=resume,
-                                 work_dir=str(work_dir) if work_dir is not None else None,
-                                 workers=workers if ray_config is None and workers is not None else 0)
+                                 work_dir=str(work_dir), workers=workers if ray_config is None else 0)
     try:
         references = load_reference_images(reference, labels, view, dicom_config) if reference else None
         if not quiet:

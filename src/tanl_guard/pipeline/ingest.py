@@ -13,23 +13,28 @@ and on the thread count, so each fixed batch is encoded once, in one place), and
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ..dicom.config import DicomScanConfig
+from ..dicom.outcomes import FileOutcome, FileStatus, Reason
 from ..dicom.series_views import SeriesViews, load_series_views
 from ..dicom.view_spec import ViewSpec
 from .manifest import Manifest, ManifestRow
 
 __all__ = ["DecodedStudy", "DecodedBatch", "decode_study", "decode_batch", "iter_decoded_batches"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,34 @@ def decode_batch(batch_id: int, rows: Sequence[ManifestRow], view: ViewSpec | st
     return DecodedBatch(batch_id, tuple(decode_study(r, view, dicom_config) for r in rows))
 
 
+_DIED = "the decoding process died (a decoder crash, or out of memory)"
+
+
+def _died(row: ManifestRow, spec: str, config: DicomScanConfig) -> DecodedStudy:
+    """The study whose decoding killed its worker, twice: every series that needed decoding is unreadable."""
+    series = []
+    for s in row.series:
+        if s.issue is not None or not any(i.has_pixels for i in s.instances):
+            series.append(load_series_views(s, spec, config))  # decided on the headers: nothing to decode
+            continue
+        outcomes = tuple(FileOutcome(i.rel_path, i.path_key, FileStatus.UNREADABLE, Reason.DECODE_ERROR, _DIED,
+                                     s.study_key, s.series_key) for i in s.instances if i.has_pixels)
+        series.append(SeriesViews(s.series_key, s.study_key, s.modality, (), (), FileStatus.UNREADABLE,
+                                  Reason.DECODE_ERROR, _DIED, outcomes, conflicts=s.conflicts))
+    return DecodedStudy(row.study_key, row.position, row.batch_id, tuple(series), row.scan_unreadable)
+
+
+def _decode_alone(row: ManifestRow, spec: str, config: DicomScanConfig) -> DecodedStudy:
+    """Decode one study in a process of its own, so that a study that kills its decoder is the only one hurt."""
+    pool = _decode_pool(1)
+    try:
+        return pool.submit(decode_study, row, spec, config).result()
+    except BrokenProcessPool:
+        return _died(row, spec, config)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _worker_init() -> None:
     # Ctrl-C reaches the whole process group: the screening process decides when to stop, workers just finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -146,8 +179,11 @@ def _worker_init() -> None:
 def _decode_pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes started by a fork server: a clean process (no torch threads forked mid-flight) that has
     imported the decoders once."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:  # Windows
+        context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
 
 
@@ -186,7 +222,17 @@ def iter_decoded_batches(
         return
 
     pool = _decode_pool(workers)
-    window: deque[tuple[int, list[Future[DecodedStudy]]]] = deque()
+    window: deque[tuple[int, list[ManifestRow], list[Future[DecodedStudy]]]] = deque()
+
+    def submit(rows: list[ManifestRow]) -> list[Future[DecodedStudy]]:
+        nonlocal pool
+        try:
+            return [pool.submit(decode_study, r, spec, config) for r in rows]
+        except BrokenProcessPool:  # a worker died since: a new pool (collect retries what the old one held)
+            log.warning("a decode worker died: starting new ones")
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = _decode_pool(workers)
+            return [pool.submit(decode_study, r, spec, config) for r in rows]
 
     def fill() -> None:
         while len(window) < prefetch:
@@ -194,15 +240,29 @@ def iter_decoded_batches(
             if nxt is None:
                 return
             batch_id, rows = nxt
-            window.append((batch_id, [pool.submit(decode_study, r, spec, config) for r in rows]))
+            window.append((batch_id, rows, submit(rows)))
+
+    def collect(batch_id: int, rows: list[ManifestRow], futures: list[Future[DecodedStudy]],
+                ) -> tuple[DecodedStudy, ...]:
+        nonlocal pool
+        try:
+            return tuple(f.result() for f in futures)
+        except BrokenProcessPool:  # a worker died: which study killed it is unknown, so each is retried alone
+            log.warning("a decode worker died: decoding the studies of batch %d one process each", batch_id)
+            pool.shutdown(wait=False, cancel_futures=True)
+            studies = tuple(_decode_alone(r, spec, config) for r in rows)
+            pool = _decode_pool(workers)
+            for i, (later, pending, _) in enumerate(window):
+                window[i] = (later, pending, submit(pending))
+            return studies
 
     try:
         fill()
         while window:
             if stop is not None and stop():
                 return
-            batch_id, futures = window.popleft()
-            studies = tuple(f.result() for f in futures)
+            batch_id, rows, futures = window.popleft()
+            studies = collect(batch_id, rows, futures)
             fill()  # keep the workers busy while the caller encodes this batch
             yield DecodedBatch(batch_id, studies)
     finally:

@@ -49,6 +49,7 @@ __all__ = [
     "manifest_from_scan",
     "order_hash",
     "expected_views",
+    "assign_batches",
 ]
 
 MANIFEST_FORMAT = "tanl_guard.manifest.v1"
@@ -237,6 +238,22 @@ def expected_views(series: Sequence[SeriesRecord], view: ViewSpec | str) -> int:
     return total
 
 
+def assign_batches(views: Sequence[int], batch_size: int) -> list[int]:
+    """Batch ids of studies in position order: whole studies until at least ``batch_size`` views, then the next.
+
+    Args:
+        views: the expected views of each study, in position order.
+        batch_size: views per gate batch.
+    """
+    out, batch_id, held = [], 0, 0
+    for n in views:
+        out.append(batch_id)
+        held += n
+        if held >= batch_size:
+            batch_id, held = batch_id + 1, 0
+    return out
+
+
 @dataclass
 class Manifest:
     """A built or loaded manifest (an Arrow table sorted by position, the orphan files and the settings).
@@ -419,17 +436,12 @@ def manifest_from_scan(scan: ScanResult, settings: ManifestSettings) -> Manifest
         rank = sorted(range(len(keys)), key=lambda i: (order_hash(settings.seed, keys[i]), keys[i]))
     else:
         rank = sorted(range(len(keys)), key=lambda i: keys[i])
-    rows: list[dict[str, Any]] = []
-    batch_id, views = 0, 0
-    for position, index in enumerate(rank):
-        study = scan.studies[index]
-        n = expected_views(study.series, settings.view)
-        row = ManifestRow(study.study_key, position, batch_id, n, settings.root, study.series,
-                          tuple(unreadable.get(study.study_key, ())))
-        rows.append(row.to_dict())
-        views += n
-        if views >= settings.batch_size:
-            batch_id, views = batch_id + 1, 0
+    views = [expected_views(scan.studies[i].series, settings.view) for i in rank]
+    rows = [
+        ManifestRow(scan.studies[index].study_key, position, batch_id, n, settings.root, scan.studies[index].series,
+                    tuple(unreadable.get(scan.studies[index].study_key, ()))).to_dict()
+        for position, (index, n, batch_id) in enumerate(zip(rank, views, assign_batches(views, settings.batch_size)))
+    ]
     table = pa.Table.from_pylist(rows, schema=studies_schema)
     scan_counts = Counter(o.status.value for o in scan.outcomes if o.status is not FileStatus.PENDING)
     folder_key = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()

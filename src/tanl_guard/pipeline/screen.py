@@ -97,7 +97,8 @@ class ScreenReport:
         studies: one verdict per study, in the folder's stable (as-found) order.
         orphans: unreadable files that belong to no study (``study`` is None).
         file_counts: files per final status.
-        seconds: wall time per phase: ingest (scan + decode), encode, gate, audit.
+        seconds: wall time per phase: ingest (the scan and the manifest, then waiting for decoded batches: with
+            decode workers the decoding itself overlaps encoding), encode, gate, audit.
         views: views scored in this invocation.
         resumed: studies that were already done in the checkpoint resumed from.
         order_seed: the seed of the screening order (None for as-found).
@@ -295,8 +296,10 @@ class Screener:
                          verdict_counts=Counter(checkpoint_in.get("verdict_counts", {})),
                          orphans_logged=bool(checkpoint_in.get("orphans_logged", False)))
             report.resumed = state["step"]
-        else:
+        else:  # a fresh start: an older checkpoint would name verdicts that are no longer there
             clear_segments(segments)
+            if cfg.state_path:
+                Path(cfg.state_path).unlink(missing_ok=True)
 
         def checkpoint() -> None:
             writer.sync()  # the segments first: a checkpoint commits only verdicts already on disk
@@ -314,8 +317,6 @@ class Screener:
         writer = SegmentWriter(segments, manifest.digest, state["last_batch"])
         batches = self._embedded_batches(manifest, work, state["last_batch"], report)
         try:
-            if cfg.state_path and checkpoint_in is None:
-                checkpoint()  # a fresh start replaces an older checkpoint at once: it would name other segments
             for batch, features in batches:
                 t = time.perf_counter()
                 verdicts = judge_batch(guard, batch, features, manifest.studies_before(batch.batch_id) + 1)

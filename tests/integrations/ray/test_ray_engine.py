@@ -99,7 +99,9 @@ def test_killed_driver_resumes_with_nothing_lost_or_doubled(ray_cluster, ray_dem
                "--state", str(state), "--work-dir", str(work), "--checkpoint-every", "1"]
     proc = ray_cluster.start(command)
     try:
-        _wait_for(lambda: _verdict_lines_written(work) > 0, RUN_TIMEOUT_S, "the first verdicts", proc)
+        # The first checkpoint commits the first batch: then the driver dies with the rest to do.
+        _wait_for(lambda: state.exists() and _verdict_lines_written(work) > 0, RUN_TIMEOUT_S, "the first checkpoint",
+                  proc)
     finally:
         proc.send_signal(signal.SIGKILL)  # no handler, no flush: the driver dies where it stands
         proc.communicate()
