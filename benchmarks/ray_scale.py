@@ -15,6 +15,9 @@ and scikit-image photos, all DICOM), the offline surrogate encoder, a local Ray 
 
     nice -n 10 python benchmarks/ray_scale.py                     # 1000 studies, view mid: about 10 min loaded
     nice -n 10 python benchmarks/ray_scale.py --studies 3000 --json benchmarks/results/ray_scale.json
+
+Ray listens on every interface of the machine; to keep it on loopback, run the benchmark in a network namespace:
+``unshare -n sh -c 'ip link set lo up && nice -n 10 python benchmarks/ray_scale.py'`` (as root).
 """
 
 from __future__ import annotations
@@ -87,7 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TANL_GUARD_SALT", "benchmark")
 
-    from benchmarks.screen_e2e import generate_folder
+    try:
+        from benchmarks.screen_e2e import generate_folder
+    except ImportError:  # run as a script: its own folder is on the path
+        from screen_e2e import generate_folder
     from tanl_guard.demo import ID_LABELS, build_demo_folder
     from tanl_guard.encoders import resolve
     from tanl_guard.guard import Guard

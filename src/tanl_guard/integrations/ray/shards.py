@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..._optional import optional_import
+from ...pipeline.checkpoint import atomic_write_bytes
 
 __all__ = ["EmbeddingShard", "ShardStore", "SHARD_FORMAT", "batch_to_json", "batch_from_json"]
 
@@ -114,17 +114,9 @@ class ShardStore:
         meta = {"format": SHARD_FORMAT, "batch_id": int(batch_id), "weights_sha256": weights_sha256,
                 "dim": int(dim), "worker": int(worker), "batch": batch}
         table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        atomic_write_bytes(target, sink.getvalue().to_pybytes())
         return target
 
     def read(self, batch_id: int) -> EmbeddingShard:
