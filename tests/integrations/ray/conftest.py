@@ -85,18 +85,26 @@ def _namespace_commands() -> tuple[list[str], str] | None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayCluster]:
-    namespace = _namespace_commands()
-    if namespace is None or shutil.which("nsenter") is None or shutil.which("ip") is None:
-        pytest.skip("a loopback-only network namespace is needed for a Ray cluster in tests (unshare, nsenter, ip)")
-    unshare, mode = namespace
-    temp = tempfile.mkdtemp(prefix="tgray")  # short: Ray's socket paths live under it
+def ray_env() -> Iterator[dict[str, str]]:
+    """The environment of every process of the Ray tests (the cluster's and the screens')."""
     cache = tempfile.mkdtemp(prefix="tgray_cache")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",  # no one outside the namespace can reach it
                TANL_GUARD_SALT=SALT, TANL_GUARD_CACHE=cache, HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).parents[3] / "src"),
                                                        env.get("PYTHONPATH", "")) if p))
+    yield env
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_env) -> Iterator[RayCluster]:
+    namespace = _namespace_commands()
+    if namespace is None or shutil.which("nsenter") is None or shutil.which("ip") is None:
+        pytest.skip("a loopback-only network namespace is needed for a Ray cluster in tests (unshare, nsenter, ip)")
+    unshare, mode = namespace
+    temp = tempfile.mkdtemp(prefix="tgray")  # short: Ray's socket paths live under it
+    env = ray_env
     ray_bin = str(Path(sys.executable).with_name("ray"))
     start = (f"ip link set lo up && exec {ray_bin} start --head --block --port {PORT} --num-cpus 2 --num-gpus 0 "
              f"--node-ip-address 127.0.0.1 --include-dashboard false --disable-usage-stats --temp-dir {temp}")
@@ -129,7 +137,6 @@ def ray_cluster() -> Iterator[RayCluster]:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp, ignore_errors=True)
-        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -30,14 +30,24 @@ def _check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def local_lines(ray_cluster, ray_demo, tmp_path_factory):
-    """The verdict lines of the local engine (a separate process, outside the namespace: it needs no network)."""
+def local_lines(request, ray_env, ray_demo, tmp_path_factory):
+    """The verdict lines of the local engine (a separate process, outside the namespace: it needs no network).
+
+    It runs while the Ray head starts (both take seconds of mostly single-threaded start-up).
+    """
     _, args = ray_demo
     state = tmp_path_factory.mktemp("local") / "state.pt"
-    result = subprocess.run([sys.executable, "-m", "tanl_guard.cli.main", "screen", *args, "--engine", "local",
-                             "--state", str(state)], env=ray_cluster.env, capture_output=True, text=True,
-                            timeout=RUN_TIMEOUT_S)
-    lines = _lines(_check(result).stdout)
+    proc = subprocess.Popen([sys.executable, "-m", "tanl_guard.cli.main", "screen", *args, "--engine", "local",
+                             "--state", str(state)], env=ray_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        request.getfixturevalue("ray_cluster")
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = _lines(_check(subprocess.CompletedProcess(proc.args, proc.returncode, out, err)).stdout)
     assert len(lines) >= 15 and {line["verdict"] for line in lines} == {"accept", "reject", "unreadable"}
     return lines
 
