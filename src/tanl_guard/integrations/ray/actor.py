@@ -30,8 +30,12 @@ class EncoderActor:
     """
 
     def __init__(self, encoder_spec: str, device: str, threads: int, shard_dir: str, weights_sha256: str) -> None:
+        from ..._offline import disable_telemetry
         from ...encoders import resolve
 
+        # As in the driver: weights come from the node, never from a hub, and no library reports usage.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        disable_telemetry()
         self.threads = int(threads)
         self.store = ShardStore(shard_dir)
         self.encoder = resolve(encoder_spec, device=device)

@@ -45,6 +45,18 @@ def embedding_key(manifest_digest: str, view: str, weights_sha256: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _next_landed(landed: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """The next embedded batch of the job; a failure on the cluster becomes one RuntimeError line."""
+    try:
+        return next(landed, None)
+    except Exception as exc:  # Ray's errors (a task that raised, the no-progress timeout) are not ours to show raw
+        if type(exc).__module__.split(".", 1)[0] != "ray":
+            raise
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        cause = lines[-1].strip() if lines else type(exc).__name__
+        raise RuntimeError(f"the embedding job on Ray failed ({type(exc).__name__}): {cause[:300]}") from exc
+
+
 class RayScreener(Screener):
     """Screens a folder with the embedding job on Ray and the gate in this process.
 
@@ -109,7 +121,7 @@ class RayScreener(Screener):
                         return
                     start = time.perf_counter()
                     while not done[batch_id]:  # outputs come in batch order: this waits for this batch only
-                        row = next(landed, None)
+                        row = _next_landed(landed)
                         if row is None:
                             raise RuntimeError(f"the embedding job ended without embedding batch {batch_id}")
                         done[int(row["batch_id"])] = True
