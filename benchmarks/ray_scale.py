@@ -76,7 +76,14 @@ def screen_ray(folder: Path, guard, work: Path, args, workers: int, probe: bool 
     return row
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its tables (``measure`` returns the figures instead)."""
+    measure(argv)
+    return 0
+
+
+def measure(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; return its figures (and write them to ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=1000)
     parser.add_argument("--view", default="mid", help="mid: one view per study (small studies, many of them)")

@@ -131,7 +131,7 @@ class ShardStore:
         """
         pq = optional_import("pyarrow.parquet", "ray", "--engine ray")
         path = self.path(batch_id)
-        table = pq.read_table(path)
+        table = pq.read_table(path, use_threads=False)  # a small file: a thread pool costs more than it gives
         raw = (table.schema.metadata or {}).get(_META_KEY)
         meta = json.loads(raw) if raw else {}
         if meta.get("format") != SHARD_FORMAT or meta.get("batch_id") != int(batch_id):
