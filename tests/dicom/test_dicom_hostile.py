@@ -345,7 +345,7 @@ def test_screen_outputs_hold_no_canary(tmp_path: Path, monkeypatch: pytest.Monke
     copy is judged and counted (exit 4)."""
     from click.testing import CliRunner
 
-    import tanl_guard.pipeline.screen as screen_module
+    import tanl_guard.pipeline.manifest as screen_module  # the manifest scans the folder
     from tanl_guard.cli.main import cli
 
     files = build_canary_tree(tmp_path / "in")
@@ -379,7 +379,13 @@ def test_screen_outputs_hold_no_canary(tmp_path: Path, monkeypatch: pytest.Monke
     (gone,) = [line for line in lines if "disappeared" in (line["reason"] or "")]
     assert gone["verdict"] == "unreadable" and "io_error" in gone["series"][0]["reason"]
 
-    written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "corpus.txt"}
+    # The work directory's manifest holds the relative paths and header facts decoding needs (private, like the
+    # input folder itself); everything else written, the verdict segments included, must hold no canary.
+    manifest = out / "state.pt.work" / "manifest"
+    assert (manifest / "studies.parquet").is_file()
+    written = {p: p.read_bytes() for p in out.rglob("*")
+               if p.is_file() and p.name != "corpus.txt" and not p.is_relative_to(manifest)}
+    assert any(p.suffix == ".jsonl" and "segments" in p.parts for p in written)
     assert out / "state.pt" in written and out / "mlflow.db" in written
     assert any("journal" in str(p) for p in written)
     for canary in (*CANARIES, "Doe^", str(tmp_path / "in")):

@@ -36,6 +36,7 @@ from .._optional import optional_import
 from ..dicom.config import DicomScanConfig
 from ..dicom.outcomes import FileStatus, Reason
 from ..dicom.records import InstanceRecord, ScanResult, SeriesRecord
+from ..dicom.scan import scan_folder
 from ..dicom.view_spec import ViewSpec
 
 __all__ = [
@@ -468,8 +469,6 @@ def build_manifest(
         order: ``shuffled`` or ``as-found``.
         view: the view spec the expected view counts assume (default ``dicom_config.view``).
     """
-    from ..dicom.scan import scan_folder
-
     dicom_config = dicom_config or DicomScanConfig()
     view = view if view is not None else dicom_config.view
     scan = scan_folder(root, dicom_config)
