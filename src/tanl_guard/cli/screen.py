@@ -94,6 +94,25 @@ def _outputs_inside_input(studies_dir: Path, state_path: Path, report: Path | No
     return [f"{what} ({path})" for what, path in outputs if inside(path, studies_dir)]
 
 
+def _engine_settings(engine: str, ray_address: str | None, workers: int, thumbnails: bool) -> Any:
+    """The Ray engine's settings for ``--engine ray`` (None for the local engine), checked before anything runs."""
+    if engine != "ray":
+        if ray_address is not None:
+            raise click.UsageError("--ray-address needs --engine ray")
+        return None
+    if thumbnails:
+        raise click.UsageError("--thumbnails needs --engine local: with --engine ray the pixels stay on the workers")
+    if workers == 0:
+        raise click.UsageError("--engine ray needs at least one encoder worker (--workers 1 or more)")
+    from ..integrations.ray import RayEngineConfig, import_ray
+
+    try:
+        import_ray()
+    except ImportError as exc:  # names the extra to install
+        raise click.ClickException(f"--engine ray: {exc}") from None
+    return RayEngineConfig(address=ray_address, workers=workers)
+
+
 def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_dir: Path) -> None:
     counts = report.counts()
     seconds = report.seconds
@@ -205,10 +224,13 @@ class _Signals:
               help="Checkpoint file (detector state, last committed batch, manifest and encoder hashes), signed with "
                    "this installation's secret; locked while a screen uses it.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the manifest and the verdict segments are kept (default: STATE.work beside --state). Holds "
-                   "relative file paths: keep it private, outside STUDIES_DIR.")
+              help="Where the manifest, the verdict segments and (--engine ray) the embedding shards are kept "
+                   "(default: STATE.work beside --state). Holds relative file paths: keep it private, outside "
+                   "STUDIES_DIR.")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Decode worker processes, decoding ahead while this process encodes (0: decode in between).")
+              help="Decode worker processes, decoding ahead while this process encodes (0: decode in between); "
+                   "with --engine ray, encoder actors on the cluster (each loads the weights once; a GPU each "
+                   "where the cluster has one per actor).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Checkpoint after this many studies.")
 @click.option("--resume", is_flag=True,
@@ -234,13 +256,19 @@ class _Signals:
 @click.option("--strict", is_flag=True,
               help=f"Exit {EXIT_UNREADABLE} when inputs were unreadable or conflicting (files sharing an SOP Instance "
                    f"UID with other content), {EXIT_NOTHING_SCREENED} when no study was found.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: decode, embed and gate in this process; ray: embed on a Ray cluster's encoder actors "
+                   "(pip install 'tanl-guard[ray]'), gate here. Same verdicts, same outputs.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="--engine ray: the cluster (HOST:PORT or ray://...); default: a Ray instance on this machine "
+                   "for the run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
            reference: Path | None, corpus_spec: str, detector: str, device: str, batch_size: int, view: str,
            study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path, work_dir: Path | None,
            workers: int, checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
-           strict: bool, quiet: bool) -> None:
+           strict: bool, engine: str, ray_address: str | None, quiet: bool) -> None:
     """Screen every DICOM study under STUDIES_DIR: accept, reject (out of distribution) or unreadable.
 
     STUDIES_DIR is only read: the checkpoint, the report and the audit store must lie outside it.
@@ -252,6 +280,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
         raise click.UsageError("give the in-distribution labels (--id-label/--id-labels) and/or --reference images")
     if resume and not state_path.exists():
         raise click.UsageError(f"--resume: no checkpoint at {state_path}")
+    ray_config = _engine_settings(engine, ray_address, workers, thumbnails)
     explicit_work_dir = work_dir is not None
     work_dir = work_dir if work_dir is not None else state_path.with_name(state_path.name + ".work")
     clashes = _outputs_inside_input(studies_dir, state_path, report, tracking_uri, no_audit, work_dir)
@@ -287,7 +316,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
                 study_policy, threshold_policy, order, seed, state_path, work_dir, workers, checkpoint_every, resume,
                 resume_metadata,
                 cache_dir, tracking_uri, experiment, run_name, no_audit, thumbnails, as_json, report_file,
-                fail_on_reject, strict, quiet)
+                fail_on_reject, strict, quiet, ray_config)
     finally:
         for lock in reversed(locks):
             lock.close()
@@ -298,7 +327,7 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
             order: str, seed: int, state_path: Path, work_dir: Path, workers: int, checkpoint_every: int,
             resume: bool, resume_metadata: dict[str, Any], cache_dir: Path | None, tracking_uri: str | None, experiment: str,
             run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report_file: Any,
-            fail_on_reject: bool, strict: bool, quiet: bool) -> None:
+            fail_on_reject: bool, strict: bool, quiet: bool, ray_config: Any = None) -> None:
     from ..dicom import DicomScanConfig
     from ..guard import Guard, GuardPolicy, describe_guard
     from ..pipeline import ScreenConfig, Screener
@@ -308,7 +337,7 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     policy = GuardPolicy(threshold=threshold_policy, study_policy=study_policy)
     screen_config = ScreenConfig(view=view, batch_size=batch_size, order=order, seed=seed,
                                  checkpoint_every=checkpoint_every, state_path=str(state_path), resume=resume,
-                                 work_dir=str(work_dir), workers=workers)
+                                 work_dir=str(work_dir), workers=workers if ray_config is None else 0)
     try:
         references = load_reference_images(reference, labels, view, dicom_config) if reference else None
         if not quiet:
@@ -350,9 +379,15 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     def on_batch(step: int) -> None:  # the detector's state curves: threshold, queues, churn at every batch
         audit_logger.log_state(guard.snapshot(), step=step, save_snapshot=False)
 
-    screener = Screener(guard, screen_config, dicom_config, audit_logger, on_progress,
-                        checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)},
-                        on_batch=on_batch if audit_logger is not None else None)
+    screener_kwargs: dict[str, Any] = {}
+    screener_class: Any = Screener
+    if ray_config is not None:
+        from ..integrations.ray import RayScreener
+
+        screener_class, screener_kwargs = RayScreener, {"encoder_spec": encoder_spec, "ray_config": ray_config}
+    screener = screener_class(guard, screen_config, dicom_config, audit_logger, on_progress,
+                              checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)},
+                              on_batch=on_batch if audit_logger is not None else None, **screener_kwargs)
     run_info: dict[str, Any] = {}
     with _Signals() as signals:
         signals.attach(screener)

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,37 @@ class Screener:
                 worst = min((s for s in verdict.series if s.id_score is not None), key=lambda s: s.id_score)
                 self._timed_audit(report, "log_thumbnail", thumbnails[worst.series], verdict.study)
 
+    def _embedded_batches(self, manifest: Manifest, work: Path, after_batch: int,
+                          report: ScreenReport) -> Iterator[tuple[DecodedBatch, Any]]:
+        """The batches after ``after_batch``, decoded and embedded, in batch order: ``(batch, features)``.
+
+        Here each batch is decoded (by the decode workers) and embedded in this process; the Ray engine
+        (:class:`~tanl_guard.integrations.ray.RayScreener`) reads them from its embedding job instead. Stops early
+        when :meth:`request_stop` was called.
+
+        Args:
+            manifest: the run's manifest.
+            work: the work directory.
+            after_batch: the last batch already committed.
+            report: the run's report (its ``ingest`` and ``encode`` seconds are counted here).
+        """
+        cfg = self.config
+        batches = iter_decoded_batches(manifest, cfg.view, self.dicom_config, workers=cfg.workers,
+                                       prefetch=cfg.prefetch, after_batch=after_batch, stop=self._stop.is_set)
+        try:
+            while True:
+                t = time.perf_counter()
+                batch = next(batches, None)  # decoded ahead by the workers: this is the wait, not the decoding
+                report.seconds["ingest"] += time.perf_counter() - t
+                if batch is None:
+                    return
+                t = time.perf_counter()
+                features = encode_batch(self.guard.encoder, batch)
+                report.seconds["encode"] += time.perf_counter() - t
+                yield batch, features
+        finally:
+            batches.close()
+
     # ------------------------------------------------------------------ run
     def run(self, root: str | Path) -> ScreenReport:
         """Screen every study under ``root`` and return the report (verdicts in a stable order)."""
@@ -284,18 +315,9 @@ class Screener:
 
         total = len(manifest)
         writer = SegmentWriter(segments, manifest.digest, state["last_batch"])
-        batches = iter_decoded_batches(manifest, cfg.view, self.dicom_config, workers=cfg.workers,
-                                       prefetch=cfg.prefetch, after_batch=state["last_batch"], stop=self._stop.is_set)
+        batches = self._embedded_batches(manifest, work, state["last_batch"], report)
         try:
-            while True:
-                t = time.perf_counter()
-                batch = next(batches, None)  # decoded ahead by the workers: this is the wait, not the decoding
-                report.seconds["ingest"] += time.perf_counter() - t
-                if batch is None:
-                    break
-                t = time.perf_counter()
-                features = encode_batch(guard.encoder, batch)
-                report.seconds["encode"] += time.perf_counter() - t
+            for batch, features in batches:
                 t = time.perf_counter()
                 verdicts = judge_batch(guard, batch, features, manifest.studies_before(batch.batch_id) + 1)
                 report.seconds["gate"] += time.perf_counter() - t
