@@ -11,7 +11,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-__all__ = ["Receiver", "send_files", "echo", "dicom_files"]
+__all__ = ["Receiver", "send_files", "echo", "dicom_files", "dataset_bytes"]
 
 
 class Receiver:
@@ -122,3 +122,11 @@ def echo(port: int, ae_title: str = "TANLGUARD") -> bool:
         return bool(status) and int(status.Status) == 0
     finally:
         assoc.release()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a DICOM file, after its preamble and file meta (what a C-STORE carries)."""
+    from pynetdicom.dsutils import split_dataset
+
+    _, offset = split_dataset(path)
+    return path.read_bytes()[offset:]
