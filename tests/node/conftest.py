@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -76,17 +77,25 @@ def corpus_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def make_guard(demo, corpus_file, corpus_cache):
+def _guard(demo, corpus_file, corpus_cache):
     from tanl_guard.encoders import resolve
     from tanl_guard.guard import Guard
     from tanl_guard.pipeline.references import load_reference_images
 
-    encoder = resolve("surrogate")
     references = load_reference_images(demo.references, ["brain MRI"])
+    guard = Guard.build(encoder=resolve("surrogate"), labels=["brain MRI"], reference_images=references,
+                        corpus=str(corpus_file), cache_dir=str(corpus_cache), seed=0)
+    return guard, copy.deepcopy(guard.state_dict())
+
+
+@pytest.fixture
+def make_guard(_guard):
+    """A guard in its state as built (one build per session: building is the slow part on a busy machine)."""
+    guard, initial = _guard
 
     def make():
-        return Guard.build(encoder=encoder, labels=["brain MRI"], reference_images=references,
-                           corpus=str(corpus_file), cache_dir=str(corpus_cache), seed=0)
+        guard.load_state_dict(copy.deepcopy(initial))
+        return guard
 
     return make
 

@@ -80,8 +80,11 @@ def dicom_files(folder: Path) -> list[Path]:
     return out
 
 
-def send_files(port: int, files: list[Path], ae_title: str = "TANLGUARD") -> dict[Path, int]:
-    """C-STORE each file with its own transfer syntax; its status (-1: not sent, no context or no answer)."""
+def send_files(port: int, files: list[Path], ae_title: str = "TANLGUARD", on_first=None) -> dict[Path, int]:
+    """C-STORE each file with its own transfer syntax; its status (-1: not sent, no context or no answer).
+
+    ``on_first`` is called once the association is established, before the first store.
+    """
     import pynetdicom
 
     pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True  # the bytes as stored
@@ -96,11 +99,13 @@ def send_files(port: int, files: list[Path], ae_title: str = "TANLGUARD") -> dic
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
     if not assoc.is_established:
         return dict.fromkeys(files, -1)
+    if on_first is not None:
+        on_first()
     try:
         for path in files:
             try:
                 status = assoc.send_c_store(path)
-            except (ValueError, AttributeError, RuntimeError):
+            except Exception:  # no context, or the peer died mid-association
                 statuses[path] = -1
                 continue
             statuses[path] = int(status.Status) if status and "Status" in status else -1
