@@ -9,8 +9,9 @@ Scenario 1: the demo studies (compressed ones among them) are sent with storescu
 SIGKILLed while a second storescu is mid-stream and restarted; accepted studies must arrive whole in the AI node
 (Orthanc, checked through its REST API: study count and the instance count of each), rejected and unreadable
 ones in the quarantine folder, their sum equal to what the listener acknowledged, nothing lost or doubled.
-Scenario 2: the studies are uploaded to a source Orthanc (the PACS) and routed to the guard with its REST route
-``POST /modalities/guard/store``, as the Orthanc Book's auto-routing example does; the verdicts are written back
+Scenario 2: the studies are uploaded to a source Orthanc (the PACS), whose ``OnStableStudy`` Lua hook routes each
+stable study to the guard through its REST route ``POST /modalities/guard/store``, as the Orthanc Book's
+auto-routing example does; the verdicts are written back
 onto the PACS's studies as user metadata. Prints one JSON summary line; exits 1 on the first failed check.
 """
 
@@ -54,7 +55,15 @@ def only_loopback() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- Orthanc
-def orthanc_config(work: Path, name: str, http: int, dicom: int) -> Path:
+# The PACS routes every stable study to the guard through its own REST route (docs/deploy.md shows the same).
+ROUTE_LUA = """
+function OnStableStudy(studyId, tags, metadata)
+  RestApiPost('/modalities/guard/store', studyId)
+end
+"""
+
+
+def orthanc_config(work: Path, name: str, http: int, dicom: int, route: bool = False) -> Path:
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     config = {
@@ -64,6 +73,9 @@ def orthanc_config(work: Path, name: str, http: int, dicom: int) -> Path:
         "DicomModalities": {"guard": ["TANLGUARD", "127.0.0.1", GUARD_PORT]},
         "UserMetadata": {"TanlVerdict": 1024},
     }
+    if route:
+        (folder / "route.lua").write_text(ROUTE_LUA)
+        config["LuaScripts"] = [str(folder / "route.lua")]
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=1))
     return path
@@ -178,7 +190,7 @@ def main() -> None:
     logs = work / "logs"
     logs.mkdir()
     orthancs = {"AINODE": start_orthanc(orthanc_config(work, "AINODE", AI_HTTP, AI_DICOM), logs / "ainode.log"),
-                "PACS": start_orthanc(orthanc_config(work, "PACS", PACS_HTTP, PACS_DICOM), logs / "pacs.log")}
+                "PACS": start_orthanc(orthanc_config(work, "PACS", PACS_HTTP, PACS_DICOM, route=True), logs / "pacs.log")}
     spool, state, quarantine, json_log = (work / n for n in ("spool", "state.pt", "quarantine", "verdicts.jsonl"))
     listener_args = [
         "--port", str(GUARD_PORT), "--spool", str(spool), "--state", str(state),
@@ -250,7 +262,8 @@ def main() -> None:
                        in_orthanc=len(in_orthanc), orthanc_instances=sum(in_orthanc.values()),
                        quarantined=len(in_quarantine), acknowledged_before_kill=killed_after)
 
-        # ---- scenario 2: Orthanc (PACS) -> guard -> Orthanc (AI node), routed through the REST API
+        # ---- scenario 2: Orthanc (PACS) -> guard -> Orthanc (AI node): each stable study is routed by the PACS's
+        # Lua hook through its REST route POST /modalities/guard/store
         for study in rest(AI_HTTP, "/studies"):
             rest(AI_HTTP, f"/studies/{study}", "DELETE")
         shutil.rmtree(quarantine, ignore_errors=True)
@@ -259,8 +272,6 @@ def main() -> None:
             rest(PACS_HTTP, "/instances", "POST", path.read_bytes())
         pacs_ids = rest(PACS_HTTP, "/studies")
         pacs = {rest(PACS_HTTP, f"/studies/{i}")["MainDicomTags"]["StudyInstanceUID"]: i for i in pacs_ids}
-        for orthanc_id in pacs.values():
-            rest(PACS_HTTP, "/modalities/guard/store", "POST", orthanc_id.encode())
         wanted = {study_key("study", s) for s in pacs}
         wait_until(lambda: {x["study"] for x in judged_lines(json_log)[offset:]} >= wanted and spool_is_idle(spool),
                    240, "the routed studies judged and delivered", listener, listener_log)

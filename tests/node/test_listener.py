@@ -7,6 +7,8 @@ import json
 import stat
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
 
 import pytest
@@ -14,7 +16,7 @@ from dicom_peers import dicom_files, send_files
 from pydicom import dcmread
 
 from tanl_guard.dicom.privacy import Hasher
-from tanl_guard.node import ListenConfig, Listener, Peer, Spool
+from tanl_guard.node import ListenConfig, Listener, Peer, Spool, StatusServer
 
 PHI = ("Demo^Volunteer", "DEMO-", "19700101", "1.2.840.113619", "1.3.6.1.4.1.5962", "1.2.826.0.1")
 
@@ -39,6 +41,7 @@ def test_every_acknowledged_instance_is_forwarded_or_quarantined_once(demo, make
                           forward=Peer("AINODE", "127.0.0.1", receiver.port), quarantine_dir=str(tmp_path / "q"),
                           study_timeout_s=0.5, batch_wait_s=0.3, batch_size=8, json_log=str(tmp_path / "v.jsonl"))
     listener = Listener(make_guard(), config).start()
+    status_server = StatusServer(listener).start()
     thread = threading.Thread(target=listener.run)
     thread.start()
     try:
@@ -52,8 +55,13 @@ def test_every_acknowledged_instance_is_forwarded_or_quarantined_once(demo, make
         json_log = tmp_path / "v.jsonl"
         _wait(lambda: len([x for x in _lines(json_log) if x["study"]]) >= len(acknowledged)
               and not any(listener.spool.outbox.rglob("*.dcm")))
-        status = listener.status()
+        base = f"http://127.0.0.1:{status_server.port}"
+        status = json.loads(urllib.request.urlopen(base + "/status", timeout=30).read())
+        assert json.loads(urllib.request.urlopen(base + "/health", timeout=30).read()) == {"ok": True}
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(base + "/anything", timeout=30)
     finally:
+        status_server.stop()
         listener.request_stop()
         thread.join(60)
     lines = [x for x in _lines(json_log) if x["study"]]
@@ -75,6 +83,8 @@ def test_every_acknowledged_instance_is_forwarded_or_quarantined_once(demo, make
     assert {"accept", "reject", "unreadable"} <= set(verdict.values())
     assert status["studies_judged"] == len(lines) and status["spool"]["received_instances"] == sum(
         len(v) for v in acknowledged.values())
+    assert status["routes"]["forward"]["delivered"] == len(forwarded) and 0 < status["threshold"] < 1
+    assert status["spool"]["outbox_forward"] == 0 and status["selected_negatives"]
     text = (tmp_path / "v.jsonl").read_text() + json.dumps(status)
     assert not any(marker in text for marker in PHI)
     assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700

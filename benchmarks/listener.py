@@ -1,0 +1,176 @@
+# Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
+"""Throughput and latency of the DICOM listener: studies/s and instances/s through it, and its added latency.
+
+A sender C-STOREs a generated folder of studies (brain MR slabs cut from the MNI152 template and photos stored as
+secondary captures, as ``screen_e2e`` writes them) to an in-process listener on 127.0.0.1, which judges them with
+the surrogate encoder (unless ``--encoder`` says otherwise) and forwards the accepted ones to a pynetdicom
+receiver; the others go to a quarantine folder. Measured:
+
+- intake: instances/s acknowledged by the listener (each written and fsync'd to the spool before Success);
+- sustained: studies/s and instances/s from the first instance sent to the last study delivered;
+- added latency per study: from its last acknowledged instance to its delivery (forwarded or quarantined), minus
+  the study timeout (the wait that defines "complete"): batch wait + judging + routing + delivery.
+
+    python benchmarks/listener.py                         # 60 studies, 1 s study timeout
+    python benchmarks/listener.py --studies 200 --corpus wordnet --json results/listener.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SMALL_CORPUS = ("cat", "dog", "teapot", "astronaut", "coffee mug", "building", "flower", "chest radiograph",
+                "ultrasound scan", "computed tomography", "x-ray of the knee", "document", "keyboard", "car")
+
+
+class _Receiver:
+    """The AI node: a pynetdicom storage SCP that notes when each study's last instance arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.instances = 0
+        self._server = None
+        self.port = 0
+
+    def start(self) -> _Receiver:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title="AINODE")
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.port = self._server.server_address[1]
+        return self
+
+    def _store(self, event) -> int:
+        self.arrived[str(event.dataset.StudyInstanceUID)] = time.monotonic()
+        self.instances += 1
+        return 0
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+def _send(port: int, files: list[Path], acked: dict[str, float]) -> int:
+    """C-STORE the files over one association; note when each study's last instance was acknowledged."""
+    import pynetdicom
+    from pydicom import dcmread
+
+    pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True
+    studies = {}
+    contexts = set()
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        studies[path] = str(ds.StudyInstanceUID)
+        contexts.add((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+    ae = pynetdicom.AE(ae_title="MODALITY")
+    for sop, syntax in sorted(contexts):
+        ae.add_requested_context(sop, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TANLGUARD")
+    sent = 0
+    for path in files:
+        status = assoc.send_c_store(path)
+        if status and status.Status == 0:
+            acked[studies[path]] = time.monotonic()
+            sent += 1
+    assoc.release()
+    return sent
+
+
+def run(args: argparse.Namespace) -> dict:
+    from pydicom import dcmread
+
+    from benchmarks.screen_e2e import generate_folder
+    from tanl_guard.demo import build_demo_folder
+    from tanl_guard.guard import Guard
+    from tanl_guard.node import ListenConfig, Listener, Peer
+    from tanl_guard.pipeline.references import load_reference_images
+
+    work = Path(tempfile.mkdtemp(prefix="tg_listener_bench_"))
+    demo = build_demo_folder(work / "demo")
+    folder = generate_folder(work / "studies", args.studies)
+    files = sorted(p for p in folder.rglob("*.dcm"))
+    corpus = args.corpus
+    if corpus == "small":
+        corpus = str(work / "negatives.txt")
+        Path(corpus).write_text("\n".join(SMALL_CORPUS) + "\n")
+    references = load_reference_images(demo.references, ["brain MRI"])
+    guard = Guard.build(encoder=args.encoder, labels=["brain MRI"], reference_images=references, corpus=corpus,
+                        device=args.device)
+    receiver = _Receiver().start()
+    config = ListenConfig(spool=str(work / "spool"), state_path=str(work / "state.pt"), port=0,
+                          forward=Peer("AINODE", "127.0.0.1", receiver.port), quarantine_dir=str(work / "quarantine"),
+                          study_timeout_s=args.timeout, batch_wait_s=args.batch_wait, batch_size=args.batch_size,
+                          json_log=str(work / "verdicts.jsonl"))
+    listener = Listener(guard, config).start()
+    thread = threading.Thread(target=listener.run, daemon=True)
+    thread.start()
+
+    acked: dict[str, float] = {}
+    quarantined: dict[str, float] = {}
+    study_of_entry: dict[str, str] = {}
+    start = time.monotonic()
+    sent = _send(listener.scp.port, files, acked)
+    intake_s = time.monotonic() - start
+    n_studies = len(acked)
+    deadline = time.monotonic() + args.max_wait
+    while time.monotonic() < deadline and len(receiver.arrived) + len(quarantined) < n_studies:
+        for entry in (work / "quarantine").iterdir() if (work / "quarantine").is_dir() else []:
+            if entry.name not in study_of_entry and not entry.name.startswith("."):
+                first = next(entry.glob("*.dcm"), None)
+                if first is not None:
+                    study_of_entry[entry.name] = str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+                    quarantined[study_of_entry[entry.name]] = time.monotonic()
+        time.sleep(0.02)
+    while time.monotonic() < deadline and any(listener.spool.outbox.rglob("*.dcm")):  # the last study's rest
+        time.sleep(0.02)
+    end = max(list(receiver.arrived.values()) + list(quarantined.values()) + [start])
+    listener.request_stop()
+    thread.join(60)
+    receiver.stop()
+    delivered = {**receiver.arrived, **quarantined}
+    added = sorted(delivered[s] - acked[s] - args.timeout for s in delivered if s in acked)
+    wall = end - start
+    return {
+        "encoder": args.encoder, "corpus": args.corpus, "studies": n_studies, "instances": sent,
+        "delivered_studies": len(delivered), "forwarded_studies": len(receiver.arrived),
+        "quarantined_studies": len(quarantined), "study_timeout_s": args.timeout, "batch_wait_s": args.batch_wait,
+        "batch_size": args.batch_size, "batches": listener.batch,
+        "intake_instances_per_s": sent / intake_s, "sustained_studies_per_s": len(delivered) / wall,
+        "sustained_instances_per_s": sent / wall, "wall_s": wall,
+        "added_latency_median_s": statistics.median(added) if added else None,
+        "added_latency_p95_s": added[min(len(added) - 1, int(0.95 * len(added)))] if added else None,
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", default="surrogate")
+    parser.add_argument("--corpus", default="small", help="small (14 labels), wordnet, dicom, or a label file")
+    parser.add_argument("--studies", type=int, default=60)
+    parser.add_argument("--timeout", type=float, default=1.0, help="the listener's --study-timeout")
+    parser.add_argument("--batch-wait", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-wait", type=float, default=600.0, help="give up waiting for deliveries after this")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = run(args)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
