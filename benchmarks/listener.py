@@ -9,7 +9,9 @@ receiver; the others go to a quarantine folder. Measured:
 - intake: instances/s acknowledged by the listener (each written and fsync'd to the spool before Success);
 - sustained: studies/s and instances/s from the first instance sent to the last study delivered;
 - added latency per study: from its last acknowledged instance to its delivery (forwarded or quarantined), minus
-  the study timeout (the wait that defines "complete"): batch wait + judging + routing + delivery.
+  the study timeout (the wait that defines "complete"): batch wait + judging + routing + delivery;
+- resident memory of the process before the first study and after the last (compare two ``--studies`` sizes to see
+  whether it grows with the studies seen).
 
     python benchmarks/listener.py                         # 60 studies, 1 s study timeout
     python benchmarks/listener.py --studies 200 --corpus wordnet --json results/listener.json
@@ -56,6 +58,11 @@ class _Receiver:
 
     def stop(self) -> None:
         self._server.shutdown()
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _send(port: int, files: list[Path], acked: dict[str, float]) -> int:
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     thread = threading.Thread(target=listener.run, daemon=True)
     thread.start()
 
+    rss_before = _rss_mib()
     acked: dict[str, float] = {}
     quarantined: dict[str, float] = {}
     study_of_entry: dict[str, str] = {}
@@ -132,6 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     while time.monotonic() < deadline and any(listener.spool.outbox.rglob("*.dcm")):  # the last study's rest
         time.sleep(0.02)
     end = max(list(receiver.arrived.values()) + list(quarantined.values()) + [start])
+    rss_after = _rss_mib()
     listener.request_stop()
     thread.join(60)
     receiver.stop()
@@ -147,6 +156,7 @@ def run(args: argparse.Namespace) -> dict:
         "sustained_instances_per_s": sent / wall, "wall_s": wall,
         "added_latency_median_s": statistics.median(added) if added else None,
         "added_latency_p95_s": added[min(len(added) - 1, int(0.95 * len(added)))] if added else None,
+        "rss_before_mib": round(rss_before, 1), "rss_after_mib": round(rss_after, 1),
         "load_average_1min": os.getloadavg()[0],
     }
 

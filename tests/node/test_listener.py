@@ -159,6 +159,10 @@ def test_a_restart_continues_the_detector_state_exactly(demo, make_guard, tmp_pa
     from tanl_guard.pipeline import load_checkpoint
 
     assert load_checkpoint(checkpoint_run)["metadata"]["run_id"] == run_id
+    from tanl_guard.cli.state import describe_checkpoint
+
+    shown = describe_checkpoint(load_checkpoint(checkpoint_run))  # `tanl-guard state show` on a listener's state
+    assert shown["studies_done"] == sum(shown["verdicts"][v] for v in ("accept", "reject", "unreadable")) > 0
     audit.start(params={"entry": "test"}, resume_run_id=run_id)
     restarted._recover()
     assert restarted.resumed and restarted.step == len([x for x in expected if x["study"]]) - len(keys)
