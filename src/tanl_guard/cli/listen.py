@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from .screen import _read_labels, _Signals, _threshold, _tracking_uri, _view
+from .screen import _read_labels, _Signals, screen
 
 __all__ = ["listen"]
 
@@ -22,9 +22,9 @@ Examples:
   tanl-guard listen --port 11112 --spool /var/spool/tanl-guard --state /var/lib/tanl-guard/state.pt \\
       --forward AINODE@10.0.0.5:104 --quarantine-dir /var/lib/tanl-guard/quarantine \\
       --encoder biomedclip:local-dir:/models/biomedclip --id-label "brain MRI" --reference /data/reference_brain_mr
-  # offline demo encoder, no audit run, a status endpoint on 127.0.0.1:8042
+  # offline demo encoder, no audit run, a status endpoint on 127.0.0.1:9042
   tanl-guard listen --port 11112 --spool spool --state state.pt --forward AI@127.0.0.1:4242 \\
-      --encoder surrogate --id-label "chest X-ray" --no-audit --status-port 8042
+      --encoder surrogate --id-label "chest X-ray" --no-audit --status-port 9042
 
 \b
 SIGTERM or Ctrl-C: the batch in hand is judged, checkpointed and routed, then the listener exits 0; a restart
@@ -81,37 +81,10 @@ def _peer(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
               help="Serve a read-only JSON status on http://127.0.0.1:PORT/status (off by default).")
 @click.option("--retry-backoff", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="First delay before a failed delivery is retried (doubled per failure, up to 60 s).")
-@click.option("--encoder", "encoder_spec", default="biomedclip", show_default=True,
-              help="biomedclip[:local-dir:PATH], open_clip:ARCH:PRETRAINED, or surrogate (offline, not medical).")
-@click.option("--id-label", multiple=True, help="An in-distribution label (repeatable).")
-@click.option("--id-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A file of ID labels, one per line.")
-@click.option("--reference", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Reference ID images or studies (one subfolder per label when there are several labels).")
-@click.option("--corpus", "corpus_spec", default="wordnet", show_default=True,
-              help="Negative-label corpus: wordnet, dicom, wordnet+dicom, dicom:group=..., or a text file.")
-@click.option("--detector", type=click.Choice(["tanl", "neglabel", "mcm", "adaneg"]), default="tanl", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Views per gate batch (whole studies are batched together).")
-@click.option("--view", default="slices:3", show_default=True, callback=_view, help="mid, mip or slices:K.")
-@click.option("--study-policy", type=click.Choice(["any", "all", "majority"]), default="any", show_default=True,
-              help="Reject a study when any / all / a majority of its series are rejected.")
-@click.option("--threshold", "threshold_policy", default="adaptive", show_default=True, callback=_threshold,
-              help="adaptive (TANL's Otsu threshold), a number in [0, 1], or calibrated:RATE on the references.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the shuffled order within each batch and of TANL's cold start.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("tanl_guard_listener.pt"), show_default=True,
               help="Checkpoint (detector state, batch in hand), signed; a restart continues from it.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Corpus embedding cache.")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", callback=_tracking_uri,
-              help="MLflow store, as for `screen` (default sqlite:///./mlflow.db; env MLFLOW_TRACKING_URI).")
-@click.option("--experiment", default="tanl-guard", show_default=True, help="MLflow experiment of the audit run.")
 @click.option("--run-name", default=None, help="Name of the audit run (one run per listener, continued on restart).")
-@click.option("--no-audit", is_flag=True, help="Do not write an MLflow audit run.")
-@click.option("--thumbnails", is_flag=True, help="Log a thumbnail of each rejected study to MLflow (off by default).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def listen(port: int, host: str, ae_title: str, spool: Path, forward: Any, quarantine: Any,
            quarantine_dir: Path | None, study_timeout: float, batch_wait: float, max_spool: int,
            json_log: Path | None, status_port: int | None, retry_backoff: float, encoder_spec: str,
@@ -152,6 +125,13 @@ def listen(port: int, host: str, ae_title: str, spool: Path, forward: Any, quara
     finally:
         for lock in reversed(locks):
             lock.close()
+
+
+# The screening options are `screen`'s own (the same objects): one definition, one meaning, one help text.
+for _name in ("encoder_spec", "id_label", "id_labels", "reference", "corpus_spec", "detector", "device", "batch_size",
+              "view", "study_policy", "threshold_policy", "seed", "cache_dir", "tracking_uri", "experiment",
+              "no_audit", "thumbnails", "quiet"):
+    listen.params.append(next(p for p in screen.params if p.name == _name))
 
 
 def _listen(config: Any, encoder_spec: str, labels: list[str], reference: Path | None, corpus_spec: str,
