@@ -8,8 +8,9 @@ receiver; the others go to a quarantine folder. Measured:
 
 - intake: instances/s acknowledged by the listener (each written and fsync'd to the spool before Success);
 - sustained: studies/s and instances/s from the first instance sent to the last study delivered;
-- added latency per study: from its last acknowledged instance to its delivery (forwarded or quarantined), minus
-  the study timeout (the wait that defines "complete"): batch wait + judging + routing + delivery;
+- added latency per study, on studies then sent one at a time to the idle listener (``--trickle``): from its last
+  acknowledged instance to its delivery (forwarded or quarantined), minus the study timeout (the wait that
+  defines "complete"): batch wait + judging + routing + delivery;
 - resident memory of the process before the first study and after the last (compare two ``--studies`` sizes to see
   whether it grows with the studies seen).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -58,6 +60,38 @@ class _Receiver:
 
     def stop(self) -> None:
         self._server.shutdown()
+
+
+class _Deliveries:
+    """When each study was delivered: its last instance at the AI node, or its folder in the quarantine."""
+
+    def __init__(self, receiver: _Receiver, quarantine: Path) -> None:
+        self.receiver = receiver
+        self.quarantine = quarantine
+        self.quarantined: dict[str, float] = {}
+        self._seen: set[str] = set()
+
+    def _poll(self) -> None:
+        from pydicom import dcmread
+
+        for entry in self.quarantine.iterdir() if self.quarantine.is_dir() else []:
+            if entry.name not in self._seen and not entry.name.startswith("."):
+                first = next(entry.glob("*.dcm"), None)
+                if first is not None:
+                    self._seen.add(entry.name)
+                    self.quarantined[str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)] = time.monotonic()
+
+    def times(self, studies: set[str]) -> dict[str, float]:
+        return {s: t for s, t in {**self.receiver.arrived, **self.quarantined}.items() if s in studies}
+
+    def wait_for(self, studies: set[str], timeout_s: float, listener) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._poll()
+            if set(self.times(studies)) >= studies and not any(listener.spool.outbox.rglob("*.dcm")):
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"{len(studies) - len(self.times(studies))} studies not delivered in {timeout_s} s")
 
 
 def _rss_mib() -> float:
@@ -102,7 +136,7 @@ def run(args: argparse.Namespace) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="tg_listener_bench_"))
     demo = build_demo_folder(work / "demo")
-    folder = generate_folder(work / "studies", args.studies)
+    folder = generate_folder(work / "studies", args.studies + args.trickle)
     files = sorted(p for p in folder.rglob("*.dcm"))
     corpus = args.corpus
     if corpus == "small":
@@ -121,38 +155,41 @@ def run(args: argparse.Namespace) -> dict:
     thread.start()
 
     rss_before = _rss_mib()
+    by_study: dict[str, list[Path]] = {}
+    for path in files:
+        by_study.setdefault(str(dcmread(path, stop_before_pixels=True).StudyInstanceUID), []).append(path)
+    studies = [by_study[k] for k in sorted(by_study)]
+    burst, trickle = studies[: args.studies], studies[args.studies :]
+    delivered = _Deliveries(receiver, work / "quarantine")
+
+    # Burst: every study at once, as a PACS catching up; throughput from the first instance to the last delivery.
     acked: dict[str, float] = {}
-    quarantined: dict[str, float] = {}
-    study_of_entry: dict[str, str] = {}
     start = time.monotonic()
-    sent = _send(listener.scp.port, files, acked)
+    sent = _send(listener.scp.port, [p for s in burst for p in s], acked)
     intake_s = time.monotonic() - start
-    n_studies = len(acked)
-    deadline = time.monotonic() + args.max_wait
-    while time.monotonic() < deadline and len(receiver.arrived) + len(quarantined) < n_studies:
-        for entry in (work / "quarantine").iterdir() if (work / "quarantine").is_dir() else []:
-            if entry.name not in study_of_entry and not entry.name.startswith("."):
-                first = next(entry.glob("*.dcm"), None)
-                if first is not None:
-                    study_of_entry[entry.name] = str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
-                    quarantined[study_of_entry[entry.name]] = time.monotonic()
-        time.sleep(0.02)
-    while time.monotonic() < deadline and any(listener.spool.outbox.rglob("*.dcm")):  # the last study's rest
-        time.sleep(0.02)
-    end = max(list(receiver.arrived.values()) + list(quarantined.values()) + [start])
+    delivered.wait_for(set(acked), args.max_wait, listener)
+    end = max(delivered.times(set(acked)).values())
     rss_after = _rss_mib()
+    wall = end - start
+
+    # Trickle: one study at a time, the listener idle in between: its own latency beyond the study timeout.
+    added = []
+    for study in trickle:
+        one: dict[str, float] = {}
+        _send(listener.scp.port, study, one)
+        delivered.wait_for(set(one), args.max_wait, listener)
+        added += [delivered.times(set(one))[s] - one[s] - args.timeout for s in one]
+    added.sort()
     listener.request_stop()
     thread.join(60)
     receiver.stop()
-    delivered = {**receiver.arrived, **quarantined}
-    added = sorted(delivered[s] - acked[s] - args.timeout for s in delivered if s in acked)
-    wall = end - start
+    shutil.rmtree(work, ignore_errors=True)
     return {
-        "encoder": args.encoder, "corpus": args.corpus, "studies": n_studies, "instances": sent,
-        "delivered_studies": len(delivered), "forwarded_studies": len(receiver.arrived),
-        "quarantined_studies": len(quarantined), "study_timeout_s": args.timeout, "batch_wait_s": args.batch_wait,
+        "encoder": args.encoder, "corpus": args.corpus, "studies": len(acked), "instances": sent,
+        "forwarded_studies": len(receiver.arrived), "quarantined_studies": len(delivered.quarantined),
+        "trickle_studies": len(added), "study_timeout_s": args.timeout, "batch_wait_s": args.batch_wait,
         "batch_size": args.batch_size, "batches": listener.batch,
-        "intake_instances_per_s": sent / intake_s, "sustained_studies_per_s": len(delivered) / wall,
+        "intake_instances_per_s": sent / intake_s, "sustained_studies_per_s": len(acked) / wall,
         "sustained_instances_per_s": sent / wall, "wall_s": wall,
         "added_latency_median_s": statistics.median(added) if added else None,
         "added_latency_p95_s": added[min(len(added) - 1, int(0.95 * len(added)))] if added else None,
@@ -161,11 +198,12 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", default="surrogate")
     parser.add_argument("--corpus", default="small", help="small (14 labels), wordnet, dicom, or a label file")
-    parser.add_argument("--studies", type=int, default=60)
+    parser.add_argument("--studies", type=int, default=60, help="studies sent at once (throughput)")
+    parser.add_argument("--trickle", type=int, default=6, help="studies then sent one at a time (latency)")
     parser.add_argument("--timeout", type=float, default=1.0, help="the listener's --study-timeout")
     parser.add_argument("--batch-wait", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -179,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
-    return result
+    return 0
 
 
 if __name__ == "__main__":
