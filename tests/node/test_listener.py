@@ -181,3 +181,21 @@ def test_a_restart_continues_the_detector_state_exactly(demo, make_guard, tmp_pa
     assert run.data.metrics["screen/studies"] == len([x for x in expected if x["study"]])
     artifacts = [a.path for a in MlflowClient(audit_store).list_artifacts(run_id, "state")]
     assert artifacts, "state snapshots in the run"
+
+
+def test_a_restart_cuts_back_only_its_own_json_log(make_guard, tmp_path, node_salt):
+    own, other = tmp_path / "own.jsonl", tmp_path / "other.jsonl"
+    own.write_text('{"study": "earlier"}\n')
+
+    def listener(json_log):
+        return Listener(make_guard(), ListenConfig(spool=str(tmp_path / "spool"), state_path=str(tmp_path / "s.pt"),
+                                                   port=0, json_log=str(json_log)))
+
+    listener(own)._recover()  # the first start commits the log's length
+    with open(own, "a") as handle:
+        handle.write('{"study": "of a batch never committed"}\n')
+    other.write_text('{"study": "someone else\'s"}\n' * 3)
+    listener(other)._recover()
+    assert len(other.read_text().splitlines()) == 3  # not the checkpoint's log: left alone
+    listener(own)._recover()
+    assert own.read_text() == '{"study": "earlier"}\n'

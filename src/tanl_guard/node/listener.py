@@ -18,6 +18,7 @@ are delivered. Nothing acknowledged is lost at any point: every instance is in e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -182,9 +183,12 @@ class Listener:
             self.counts.update(state.get("counts", {}))
             self._json_offset = int(state.get("json_log_offset", 0))
             self.resumed = True
-            if self.config.json_log and os.path.exists(self.config.json_log):
-                if os.path.getsize(self.config.json_log) > self._json_offset:  # lines of a batch never committed
-                    os.truncate(self.config.json_log, self._json_offset)
+            log_path = self.config.json_log
+            if log_path and os.path.exists(log_path):
+                if state.get("json_log") != self._json_log_id():  # another log than the checkpoint's: append to it
+                    self._json_offset = os.path.getsize(log_path)
+                elif os.path.getsize(log_path) > self._json_offset:  # lines of a batch never committed
+                    os.truncate(log_path, self._json_offset)
             self._finish_routing(self.batch, state.get("routes", {}))
             log.info("resumed from the checkpoint: %d studies judged, batch %d", self.step, self.batch)
         else:
@@ -200,9 +204,16 @@ class Listener:
             "folder": LISTENER_CHECKPOINT, "order": ["shuffled", self.config.seed], "guard": self.guard.state_dict(),
             "verdicts": {}, "step": self.step,
             "metadata": {"run_id": getattr(self.audit, "run_id", None)},
-            "listener": {"batch": self.batch, "routes": routes, "json_log_offset": self._json_offset,
-                         "counts": dict(self.counts)},
+            "listener": {"batch": self.batch, "routes": routes, "json_log": self._json_log_id(),
+                         "json_log_offset": self._json_offset, "counts": dict(self.counts)},
         })
+
+    def _json_log_id(self) -> str | None:
+        """Which JSON log the checkpoint's offset belongs to: a digest of its path (the checkpoint goes to MLflow,
+        and paths may hold names)."""
+        if not self.config.json_log:
+            return None
+        return hashlib.sha256(os.path.abspath(self.config.json_log).encode()).hexdigest()[:16]
 
     def _finish_routing(self, batch: int, routes: dict[str, list[str]]) -> None:
         folder = self.spool.batches / f"{batch:09d}"
