@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     end = max(delivered.times(set(acked)).values())
     rss_after = _rss_mib()
     wall = end - start
+    burst_seconds = dict(listener.seconds)
 
     # Trickle: one study at a time, the listener idle in between: its own latency beyond the study timeout.
     added = []
@@ -193,6 +194,8 @@ def run(args: argparse.Namespace) -> dict:
         "sustained_instances_per_s": sent / wall, "wall_s": wall,
         "added_latency_median_s": statistics.median(added) if added else None,
         "added_latency_p95_s": added[min(len(added) - 1, int(0.95 * len(added)))] if added else None,
+        "burst_judging_s": {k: round(v, 2) for k, v in burst_seconds.items()},
+        "burst_encode_share_of_wall": burst_seconds["encode"] / wall,
         "rss_before_mib": round(rss_before, 1), "rss_after_mib": round(rss_after, 1),
         "load_average_1min": os.getloadavg()[0],
     }

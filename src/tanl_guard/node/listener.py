@@ -92,6 +92,7 @@ class Listener:
         self.resumed = False
         self.started_at = time.time()
         self.last_batch_latency_s: float | None = None
+        self.seconds: dict[str, float] = dict.fromkeys(("ingest", "encode", "gate", "audit", "commit", "route"), 0.0)
         self._json_offset = 0
         self._since_snapshot = 0
         self._stop = threading.Event()
@@ -244,6 +245,8 @@ class Listener:
 
         result = judge_batch(self.guard, folder, self.config.view, self.config.batch_size,
                              _batch_seed(self.config.seed, batch), self.dicom_config, deferred, on_batch)
+        for phase, seconds in result.seconds.items():
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
         studies = {p.name for p in folder.iterdir() if p.is_dir()}
         routes: dict[str, list[str]] = {}
         lines: list[dict[str, Any]] = []
@@ -270,6 +273,7 @@ class Listener:
         before = self.step
         self.step += judged
         self.batch = batch
+        t = time.perf_counter()
         self._commit(routes)
         if deferred is not None:
             deferred.replay(self.audit, before)
@@ -277,7 +281,10 @@ class Listener:
             if self._since_snapshot >= self.config.snapshot_every:
                 self.audit.log_state(self.guard.snapshot(), step=self.step)
                 self._since_snapshot = 0
+        self.seconds["commit"] += time.perf_counter() - t
+        t = time.perf_counter()
         self._finish_routing(batch, routes)
+        self.seconds["route"] += time.perf_counter() - t
         self.last_batch_latency_s = (waited_s or 0.0) + time.perf_counter() - start
         log.info("batch %d: %d studies (%s)", batch, judged,
                  ", ".join(f"{n} {v}" for v, n in self._batch_counts(lines).items()))
@@ -302,6 +309,7 @@ class Listener:
             "routes": {route: {"pending": f.pending(), "delivered": f.delivered, "failures": f.failures,
                                "last_error": f.last_error} for route, f in self.forwarders.items()},
             "last_batch_latency_s": self.last_batch_latency_s,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
         for key in ("threshold", "pos_queue", "neg_queue", "selected_negatives", "images_screened", "health"):
             if key in snapshot:
