@@ -190,7 +190,8 @@ def main() -> None:
     logs = work / "logs"
     logs.mkdir()
     orthancs = {"AINODE": start_orthanc(orthanc_config(work, "AINODE", AI_HTTP, AI_DICOM), logs / "ainode.log"),
-                "PACS": start_orthanc(orthanc_config(work, "PACS", PACS_HTTP, PACS_DICOM, route=True), logs / "pacs.log")}
+                "PACS": start_orthanc(orthanc_config(work, "PACS", PACS_HTTP, PACS_DICOM, route=True),
+                                      logs / "pacs.log")}
     spool, state, quarantine, json_log = (work / n for n in ("spool", "state.pt", "quarantine", "verdicts.jsonl"))
     listener_args = [
         "--port", str(GUARD_PORT), "--spool", str(spool), "--state", str(state),

@@ -54,7 +54,7 @@ def test_every_acknowledged_instance_is_forwarded_or_quarantined_once(demo, make
                 acknowledged[key("study", ds.StudyInstanceUID)].add(ds.SOPInstanceUID)
         json_log = tmp_path / "v.jsonl"
         _wait(lambda: len([x for x in _lines(json_log) if x["study"]]) >= len(acknowledged)
-              and not any(listener.spool.outbox.rglob("*.dcm")))
+              and not any(p.is_file() for p in listener.spool.outbox.rglob("*")))
         base = f"http://127.0.0.1:{status_server.port}"
         status = json.loads(urllib.request.urlopen(base + "/status", timeout=30).read())
         assert json.loads(urllib.request.urlopen(base + "/health", timeout=30).read()) == {"ok": True}
@@ -145,9 +145,9 @@ def test_a_restart_continues_the_detector_state_exactly(demo, make_guard, tmp_pa
     _store(crashed.spool, second)
     keys = [c.key for c in crashed.spool.complete(far + 10)]
     folder = crashed.spool.take(keys, crashed.batch + 1)
-    from tanl_guard.node.gate import judge_batch
+    from tanl_guard.node.gate import judge_folder
 
-    judge_batch(crashed.guard, folder, "slices:3", 8, 0)  # the state moved on in memory, never committed
+    judge_folder(crashed.guard, folder, "slices:3", 8, 0)  # the state moved on in memory, never committed
     with open(tmp_path / "crash" / "v.jsonl", "a") as handle:  # and lines written that the commit never covered
         handle.write('{"study": "half-written"}\n')
     audit.finish("KILLED", reason="test crash")

@@ -58,7 +58,8 @@ def _peer(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
 
 
 @click.command(epilog=_EXAMPLES)
-@click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True, help="DICOM port (0: any free).")
+@click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True,
+              help="DICOM port (0: any free).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; give 0.0.0.0 or the node's address to receive from the network.")
 @click.option("--ae-title", default="TANLGUARD", show_default=True, help="This node's AE title.")
@@ -154,9 +155,11 @@ def _listen(config: Any, encoder_spec: str, labels: list[str], reference: Path |
     try:
         references = load_reference_images(reference, labels, config.view, dicom_config) if reference else None
         if not quiet:
-            click.echo(f"tanl-guard {__version__}: loading encoder {encoder_spec!r} and corpus {corpus_spec!r}", err=True)
+            click.echo(f"tanl-guard {__version__}: loading encoder {encoder_spec!r} and corpus {corpus_spec!r}",
+                       err=True)
+        policy = GuardPolicy(threshold=threshold_policy, study_policy=study_policy)
         guard = Guard.build(encoder=encoder_spec, labels=labels, reference_images=references, corpus=corpus_spec,
-                            detector=detector, policy=GuardPolicy(threshold=threshold_policy, study_policy=study_policy),
+                            detector=detector, policy=policy,
                             device=device, cache_dir=str(cache_dir) if cache_dir else None, progress=not quiet,
                             seed=config.seed)
     except (ValueError, RuntimeError, ImportError, OSError) as exc:

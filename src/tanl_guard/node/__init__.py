@@ -10,7 +10,7 @@ from __future__ import annotations
 from .completion import CompleteStudy, StudyTracker
 from .config import ListenConfig
 from .forwarder import DeliveryError, FolderDestination, Forwarder, PeerDestination
-from .gate import BatchResult, DeferredAudit, judge_batch
+from .gate import BatchResult, DeferredAudit, judge_folder
 from .listener import Listener
 from .peer import Peer
 from .scp import StorageSCP
@@ -33,5 +33,5 @@ __all__ = [
     "StatusServer",
     "StorageSCP",
     "StudyTracker",
-    "judge_batch",
+    "judge_folder",
 ]

@@ -240,10 +240,10 @@ class Forwarder:
             except Exception as exc:  # an unexpected error: keep the study, say what kind, retry later
                 self._fail(entry.name, failures, f"{type(exc).__name__} while delivering")
                 continue
+            self.delivered += 1  # counted before the entry goes: an empty outbox means all were counted
+            self._retry.pop(entry.name, None)
             if entry.exists():
                 self.spool.discard(entry)
-            self._retry.pop(entry.name, None)
-            self.delivered += 1
             if failures:
                 log.info("%s: study %s delivered to %s after %d failed attempt(s)", self.route,
                          entry.name.split("-", 1)[-1], self.destination.describe(), failures)

@@ -1,7 +1,7 @@
 # Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
 """Judging one batch folder of complete studies through the screening pipeline (the code path of ``screen``).
 
-:func:`judge_batch` is the listener's only call into :mod:`tanl_guard.pipeline`: the batch folder is screened by
+:func:`judge_folder` is the listener's only call into :mod:`tanl_guard.pipeline`: the batch folder is screened by
 the public :class:`~tanl_guard.pipeline.Screener` with the listener's long-lived guard, so ingest, decoding,
 gate batches, verdicts and thumbnails are those of ``screen``. Audit calls are held back by
 :class:`DeferredAudit` and sent only after the listener checkpointed the batch, with the listener's running
@@ -18,7 +18,7 @@ from typing import Any
 from ..dicom import DicomScanConfig
 from ..guard import StudyVerdict
 
-__all__ = ["BatchResult", "DeferredAudit", "judge_batch"]
+__all__ = ["BatchResult", "DeferredAudit", "judge_folder"]
 
 
 class DeferredAudit:
@@ -81,7 +81,7 @@ class BatchResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def judge_batch(guard: Any, folder: Path, view: str, batch_size: int, seed: int,
+def judge_folder(guard: Any, folder: Path, view: str, batch_size: int, seed: int,
                 dicom_config: DicomScanConfig | None = None, audit: DeferredAudit | None = None,
                 on_batch: Callable[[int], None] | None = None) -> BatchResult:
     """Screen the complete studies of one batch folder with ``guard`` (its state carries over between calls).

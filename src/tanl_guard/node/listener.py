@@ -33,7 +33,7 @@ from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
 from ..pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ListenConfig
 from .forwarder import FolderDestination, Forwarder, PeerDestination
-from .gate import DeferredAudit, judge_batch
+from .gate import DeferredAudit, judge_folder
 from .scp import StorageSCP
 from .spool import Spool
 
@@ -176,7 +176,7 @@ class Listener:
         path = Path(self.config.state_path)
         if path.exists():
             checkpoint = load_checkpoint(path)
-            if checkpoint.get("folder") != LISTENER_CHECKPOINT or "listener" not in checkpoint:
+            if not isinstance(checkpoint.get("listener"), dict):
                 raise CheckpointError(f"{path.name} is a checkpoint of a folder screening, not of a listener")
             self.guard.load_state_dict(checkpoint["guard"])
             state = checkpoint["listener"]
@@ -202,8 +202,11 @@ class Listener:
 
     def _commit(self, routes: dict[str, list[str]]) -> None:
         save_checkpoint(self.config.state_path, {
-            "folder": LISTENER_CHECKPOINT, "order": ["shuffled", self.config.seed], "guard": self.guard.state_dict(),
-            "verdicts": {}, "step": self.step,
+            # the keys a screening checkpoint needs (v2: folder, verdicts; v3: manifest, last_batch), so that
+            # `tanl-guard state show` reads it; the listener's own state is under "listener"
+            "folder": LISTENER_CHECKPOINT, "manifest": LISTENER_CHECKPOINT, "last_batch": self.batch,
+            "order": ["shuffled", self.config.seed], "guard": self.guard.state_dict(), "verdicts": {},
+            "step": self.step,
             "metadata": {"run_id": getattr(self.audit, "run_id", None)},
             "listener": {"batch": self.batch, "routes": routes, "json_log": self._json_log_id(),
                          "json_log_offset": self._json_offset, "counts": dict(self.counts)},
@@ -243,7 +246,7 @@ class Listener:
             if deferred is not None:
                 deferred.log_state(self.guard.snapshot(), step=step, save_snapshot=False)
 
-        result = judge_batch(self.guard, folder, self.config.view, self.config.batch_size,
+        result = judge_folder(self.guard, folder, self.config.view, self.config.batch_size,
                              _batch_seed(self.config.seed, batch), self.dicom_config, deferred, on_batch)
         for phase, seconds in result.seconds.items():
             self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
@@ -303,7 +306,8 @@ class Listener:
         snapshot = self.guard.snapshot(n_negatives=8)
         out: dict[str, Any] = {
             "ok": bool(snapshot.get("health", {}).get("ok", True)) and self.scp._server is not None,
-            "ae_title": self.config.ae_title, "port": self.scp.port, "uptime_s": round(time.time() - self.started_at, 1),
+            "ae_title": self.config.ae_title, "port": self.scp.port,
+            "uptime_s": round(time.time() - self.started_at, 1),
             "studies_judged": self.step, "batches": self.batch, "verdicts": dict(self.counts),
             "spool": self.spool.counts(),
             "routes": {route: {"pending": f.pending(), "delivered": f.delivered, "failures": f.failures,
