@@ -4,7 +4,8 @@
 Names: ``simulation`` (controlled mixture, engine only), ``real_images`` (images shipped inside installed
 packages, offline surrogate encoder by default), ``encoder`` (the same harness with a real BiomedCLIP/CLIP and
 your own ID/OOD folders); ``engine_speed`` (TANL at ImageNet scale), ``dicom_scan`` (header scan and decoding),
-``screen_e2e`` (end-to-end screening), ``ray_scale`` (the Ray engine: workers, gate memory).
+``screen_e2e`` (end-to-end screening), ``ray_scale`` (the Ray engine: workers, gate memory),
+``listener`` (the DICOM node: studies/s, instances/s, added latency).
 ``python -m benchmarks NAME --help`` lists each one's options.
 """
 
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "dicom_scan": "benchmarks.dicom_scan",
     "screen_e2e": "benchmarks.screen_e2e",
     "ray_scale": "benchmarks.ray_scale",
+    "listener": "benchmarks.listener",
 }
 
 

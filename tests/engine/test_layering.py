@@ -11,7 +11,7 @@ import tanl_guard
 
 ENGINE = ["config", "scores", "threshold", "selection", "queue", "noise", "metrics", "detectors"]
 ALLOWED_THIRD_PARTY = {"torch", "numpy"}
-IO_PARTS = {"encoders", "corpora", "dicom", "guard", "pipeline", "integrations", "cli", "demo"}
+IO_PARTS = {"encoders", "corpora", "dicom", "guard", "pipeline", "integrations", "cli", "demo", "node"}
 
 
 def _imports(path: Path) -> set[tuple[str, int]]:

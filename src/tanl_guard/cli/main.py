@@ -20,6 +20,7 @@ from .._offline import disable_telemetry
 from ._logging import configure_logging
 from .audit import audit
 from .corpus import corpus
+from .listen import listen
 from .lookup import lookup
 from .screen import screen
 from .state import state
@@ -40,6 +41,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(screen)
+cli.add_command(listen)
 cli.add_command(corpus)
 cli.add_command(state)
 cli.add_command(audit)

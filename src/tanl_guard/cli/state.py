@@ -7,12 +7,22 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
 __all__ = ["state", "describe_checkpoint"]
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _listener(payload: dict[str, Any]) -> dict[str, Any]:
+    """A listener's checkpoint keeps no per-study verdicts (its memory must not grow): its counts instead."""
+    state = payload.get("listener")
+    if not isinstance(state, dict):
+        return {}
+    return {"studies_done": int(payload.get("step", 0)), "verdicts": dict(state.get("counts", {})),
+            "listener_batches": int(state.get("batch", 0))}
 
 
 def describe_checkpoint(payload: dict) -> dict:
@@ -27,6 +37,7 @@ def describe_checkpoint(payload: dict) -> dict:
         "format": payload.get("format"),
         "studies_done": done,
         "verdicts": counts,
+        **_listener(payload),
         "order": payload.get("order"),
         "detector": detector.get("detector"),
         "images_screened": payload["guard"].get("n_images"),

@@ -1,0 +1,109 @@
+"""Fixtures of the node tests: the demo studies, a small corpus, guards with the real surrogate encoder."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))  # dicom_peers, listener_process
+
+SALT = "node-tests"
+# Ordinary nouns plus a few radiology words: enough for the surrogate to separate photos from brain MR.
+SMALL_CORPUS = """teapot
+espresso
+coffee mug
+astronaut
+space suit
+cat
+dog
+bicycle
+car
+building
+mountain
+flower
+document
+keyboard
+clock
+chair
+guitar
+book
+bridge
+boat
+chest radiograph
+x-ray of the knee
+ultrasound scan
+computed tomography
+bone scan
+lung
+rib cage
+hand
+spine
+"""
+
+
+@pytest.fixture(scope="session")
+def node_salt():
+    old = os.environ.get("TANL_GUARD_SALT")
+    os.environ["TANL_GUARD_SALT"] = SALT
+    yield SALT
+    if old is None:
+        os.environ.pop("TANL_GUARD_SALT", None)
+    else:
+        os.environ["TANL_GUARD_SALT"] = old
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, node_salt):
+    from tanl_guard.demo import build_demo_folder
+
+    return build_demo_folder(tmp_path_factory.mktemp("node_demo"))
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("node_corpus") / "negatives.txt"
+    path.write_text(SMALL_CORPUS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("node_cache")
+
+
+@pytest.fixture(scope="session")
+def _guard(demo, corpus_file, corpus_cache):
+    from tanl_guard.encoders import resolve
+    from tanl_guard.guard import Guard
+    from tanl_guard.pipeline.references import load_reference_images
+
+    references = load_reference_images(demo.references, ["brain MRI"])
+    guard = Guard.build(encoder=resolve("surrogate"), labels=["brain MRI"], reference_images=references,
+                        corpus=str(corpus_file), cache_dir=str(corpus_cache), seed=0)
+    return guard, copy.deepcopy(guard.state_dict())
+
+
+@pytest.fixture
+def make_guard(_guard):
+    """A guard in its state as built (one build per session: building is the slow part on a busy machine)."""
+    guard, initial = _guard
+
+    def make():
+        guard.load_state_dict(copy.deepcopy(initial))
+        return guard
+
+    return make
+
+
+@pytest.fixture
+def receiver():
+    from dicom_peers import Receiver
+
+    rx = Receiver()
+    yield rx
+    rx.stop()
