@@ -7,17 +7,30 @@ corpora, DICOM ingestion, the guard, the MONAI and MLflow integrations and the C
 
 from __future__ import annotations
 
-from .config import AdaNegConfig, MCMConfig, NegLabelConfig, TANLConfig
+from .config import (
+    AdaNegConfig,
+    CalibrationConfig,
+    KNNConfig,
+    MahalanobisConfig,
+    MCMConfig,
+    NegLabelConfig,
+    TANLConfig,
+)
 from .detectors import (
     DETECTORS,
     AdaNegDetector,
     Detector,
     DetectorStep,
+    FeatureDetector,
+    KNNDetector,
     LabelBank,
+    LabelDetector,
+    MahalanobisDetector,
     MCMDetector,
     NegLabelDetector,
     TANLDetector,
     TANLStep,
+    make_detector,
 )
 from .metrics import OODMetrics, ood_metrics
 from .noise import noise_images
@@ -32,7 +45,12 @@ __all__ = [
     "NegLabelConfig",
     "MCMConfig",
     "AdaNegConfig",
+    "KNNConfig",
+    "MahalanobisConfig",
+    "CalibrationConfig",
     "Detector",
+    "LabelDetector",
+    "FeatureDetector",
     "DetectorStep",
     "LabelBank",
     "TANLDetector",
@@ -40,7 +58,10 @@ __all__ = [
     "NegLabelDetector",
     "MCMDetector",
     "AdaNegDetector",
+    "KNNDetector",
+    "MahalanobisDetector",
     "DETECTORS",
+    "make_detector",
     "OODMetrics",
     "ood_metrics",
     "noise_images",
