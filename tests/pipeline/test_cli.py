@@ -67,7 +67,7 @@ def test_screen_json_audit_exit_codes_and_resume(demo_folder, corpus_file, tmp_p
     experiment = client.get_experiment_by_name("tanl-guard")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["encoder.id"].startswith("surrogate")
-    assert run.data.params["detector"] == "tanl"
+    assert run.data.params["detector"] == "tanl+knn"  # the fused default, as --reference is given
     assert "screen/reject_rate" in run.data.metrics
     summary = runner.invoke(cli, ["audit", "summary", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                                   "--json"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,25 @@ def _view(ctx: click.Context, param: click.Parameter, value: str) -> str:
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+def _detector_choices() -> list[str]:
+    from ..guard import detector_names
+
+    return list(detector_names())
+
+
+def _policy_choices() -> list[str]:
+    from ..guard import STUDY_POLICIES
+
+    return list(STUDY_POLICIES)
+
+
+_DETECTOR_HELP = (
+    "Label gate (tanl, neglabel, mcm, adaneg: joint image-text embeddings against ID and negative labels), feature "
+    "gate (knn, mahalanobis: image features against the --reference images, threshold calibrated on held-out "
+    "references), or both fused (e.g. tanl+knn). Default: tanl+knn with --reference, tanl without."
+)
 
 
 def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
@@ -94,18 +112,23 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
               help="Reference ID images or studies (one subfolder per label when there are several labels).")
 @click.option("--corpus", "corpus_spec", default="wordnet", show_default=True,
               help="Negative-label corpus: wordnet, dicom, wordnet+dicom, dicom:group=..., or a text file.")
-@click.option("--detector", type=click.Choice(["tanl", "neglabel", "mcm", "adaneg"]), default="tanl", show_default=True)
+@click.option("--detector", type=click.Choice(_detector_choices()), default=None, help=_DETECTOR_HELP)
+@click.option("--feature-source", type=click.Choice(["trunk", "embedding"]), default=None,
+              help="What a feature gate reads: the encoder's image-trunk features (default when it has them) or its "
+                   "joint embeddings.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Views per gate batch (whole studies are batched together).")
 @click.option("--view", default="slices:3", show_default=True, callback=_view, help="mid, mip or slices:K.")
-@click.option("--study-policy", type=click.Choice(["any", "all", "majority"]), default="any", show_default=True,
+@click.option("--study-policy", type=click.Choice(_policy_choices()), default="any", show_default=True,
               help="Reject a study when any / all / a majority of its series are rejected.")
 @click.option("--threshold", "threshold_policy", default="adaptive", show_default=True, callback=_threshold,
-              help="adaptive (TANL's Otsu threshold), a number in [0, 1], or calibrated:RATE on the references.")
+              help="adaptive (each gate's own: TANL's Otsu split, the feature gate's calibrated one), a number in "
+                   "[0, 1], or calibrated:RATE on the references.")
 @click.option("--order", type=click.Choice(["shuffled", "as-found"]), default="shuffled", show_default=True,
               help="Screening order; output order is stable either way.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the order and of TANL's cold start.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the order, of every detector and of TANL's cold start.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("tanl_guard_state.pt"), show_default=True, help="Checkpoint file (state + done studies).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
@@ -126,7 +149,8 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
 @click.option("--strict", is_flag=True, help=f"Exit {EXIT_UNREADABLE} when inputs were unreadable.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
-           reference: Path | None, corpus_spec: str, detector: str, device: str, batch_size: int, view: str,
+           reference: Path | None, corpus_spec: str, detector: str | None, feature_source: str | None, device: str,
+           batch_size: int, view: str,
            study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path,
            checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
@@ -135,7 +159,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
     from ..dicom import DicomScanConfig
     from ..guard import Guard, GuardPolicy
     from ..pipeline import ScreenConfig, Screener, load_checkpoint
-    from ..pipeline.references import load_reference_images
+    from ..pipeline.references import load_references
 
     labels = _read_labels(id_label, id_labels)
     if not labels and reference is None:
@@ -148,24 +172,29 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
                                  checkpoint_every=checkpoint_every, state_path=str(state_path), resume=resume)
     status = sys.stderr
     try:
-        references = load_reference_images(reference, labels, view, dicom_config) if reference else None
+        references = load_references(reference, labels, view, dicom_config) if reference else None
         if not quiet:
             click.echo(f"tanl-guard {__version__}: loading encoder {encoder_spec!r} and corpus {corpus_spec!r}", err=True)
-        guard = Guard.build(encoder=encoder_spec, labels=labels, reference_images=references, corpus=corpus_spec,
-                            detector=detector, policy=policy, device=device,
+        guard = Guard.build(encoder=encoder_spec, labels=labels,
+                            reference_images=references.images if references else None,
+                            reference_sources=references.sources if references else None, corpus=corpus_spec,
+                            detector=detector, policy=policy, device=device, feature_source=feature_source,
                             cache_dir=str(cache_dir) if cache_dir else None, progress=not quiet, seed=seed)
     except (ValueError, RuntimeError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
     settings = {
-        "encoder": guard.encoder.id, "detector": detector, "corpus": corpus_spec, "corpus_size": len(guard.corpus),
-        "id_labels": labels, "reference_images": sum(len(v) for v in (references or {}).values()),
+        "encoder": guard.encoder.id, "detector": guard.detector_name, "corpus": corpus_spec,
+        "corpus_size": len(guard.corpus), "id_labels": labels,
+        "reference_images": sum(len(v) for v in (references.images if references else {}).values()),
         "threshold": str(threshold_policy), "study_policy": study_policy, "view": view, "batch_size": batch_size,
         "order": order, "seed": seed, "device": device,
-        "detector_config": asdict(guard.detector.config) if hasattr(guard.detector, "config") else {},
+        "detector_config": guard.detector_configs(),
     }
     if guard.calibration:
         settings["calibration"] = guard.calibration
+    if guard.feature_calibration:
+        settings["feature_calibration"] = guard.feature_calibration
     config_sha = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
     audit_logger = None

@@ -87,17 +87,6 @@ class ScreenReport:
                 "orphan_files": len(self.orphans)}
 
 
-def _verdict_from_json(line: dict[str, Any]) -> StudyVerdict:
-    series = tuple(
-        SeriesVerdict(series=s["series"], modality=s["modality"], verdict=s["verdict"], id_score=s["id_score"],
-                      views=s["views"], reason=s["reason"])
-        for s in line["series"]
-    )
-    return StudyVerdict(study=line["study"], verdict=line["verdict"], id_score=line["id_score"],
-                        threshold=line["threshold"], series=series, top_negatives=tuple(line["top_negatives"]),
-                        reason=line["reason"], step=line.get("step"))
-
-
 def _unreadable_series(sv: SeriesViews) -> SeriesVerdict:
     reason = sv.reason.value if sv.reason is not None else "unreadable"
     return SeriesVerdict(series=sv.series_key, modality=sv.modality, verdict=UNREADABLE,
@@ -198,7 +187,7 @@ class Screener:
             views = [v for _, series in pending for sv in series if sv.ok for v in sv.views]
             if views:
                 t = time.perf_counter()
-                features = guard.encoder.encode_images(views)
+                features = guard.encode(views)  # embeddings, and the feature gate's features in the same pass
                 report.seconds["encode"] += time.perf_counter() - t
                 t = time.perf_counter()
                 gate = guard.score_features(features)
@@ -281,5 +270,5 @@ class Screener:
 
         scanned = Counter(o.status.value for o in scan.outcomes if o.status is not FileStatus.PENDING)
         report.file_counts = dict(sorted((scanned + state["file_counts"]).items()))
-        report.studies = [_verdict_from_json(done[s.study_key]) for s in scan.studies]
+        report.studies = [StudyVerdict.from_json(done[s.study_key]) for s in scan.studies]
         return report

@@ -14,6 +14,7 @@ from .snapshot import to_json_safe
 __all__ = ["VERDICTS", "VERDICT_COLUMNS", "normalise_verdict_record", "verdict_row", "merge_verdict_tables"]
 
 VERDICTS = ("accept", "reject", "unreadable")
+_GATE_SCORES = ("label_score", "label_threshold", "feature_score", "feature_threshold")
 
 # One row per study. ``series`` and ``top_negatives`` are JSON text so that the table stays flat (the MLflow UI
 # and ``mlflow.load_table`` show scalars); ``n_series`` gives the count without parsing. ``record_id`` is
@@ -52,7 +53,9 @@ def normalise_verdict_record(record: Mapping[str, Any], step: int | None = None)
     """Check one study record and return a JSON-safe copy.
 
     The record follows the ``screen --json`` format: ``{"study", "verdict", "id_score", "threshold",
-    "series": [{"series", "modality", "verdict", "id_score", "views", "reason"}], "top_negatives", "reason"}``;
+    "series": [{"series", "modality", "verdict", "id_score", "views", "reason"}], "top_negatives", "reason"}``,
+    plus, from a fused guard, ``label_score``, ``label_threshold``, ``feature_score``, ``feature_threshold`` and
+    ``refused_by`` (study and series; they become columns of the table, ``refused_by`` as JSON text);
     ``"step"`` (studies screened so far) is filled from ``step`` when missing. Extra scalar keys are kept.
 
     Args:
@@ -70,6 +73,9 @@ def normalise_verdict_record(record: Mapping[str, Any], step: int | None = None)
     out["verdict"] = _verdict(out.get("verdict"), "verdict")
     out["id_score"] = _score(out.get("id_score"), "id_score")
     out["threshold"] = _score(out.get("threshold"), "threshold")
+    for key in _GATE_SCORES:  # a fused guard's two gates (label and feature): scores and thresholds
+        if key in out:
+            out[key] = _score(out[key], key)
     series = out.get("series") or []
     if not isinstance(series, list):
         raise ValueError("series must be a list of series records")
@@ -79,8 +85,9 @@ def normalise_verdict_record(record: Mapping[str, Any], step: int | None = None)
         check_hashed_key(item.get("series"), f"series[{i}].series")
         if "verdict" in item:
             item["verdict"] = _verdict(item["verdict"], f"series[{i}].verdict")
-        if "id_score" in item:
-            item["id_score"] = _score(item["id_score"], f"series[{i}].id_score")
+        for key in ("id_score", *_GATE_SCORES):
+            if key in item:
+                item[key] = _score(item[key], f"series[{i}].{key}")
     out["series"] = series
     negatives = out.get("top_negatives") or []
     out["top_negatives"] = [str(n) for n in (negatives if isinstance(negatives, list) else [negatives])]
