@@ -14,12 +14,13 @@ import torch
 __all__ = ["empirical_covariance", "ledoit_wolf", "oas", "shrunk_covariance"]
 
 
-def _check(x: torch.Tensor) -> torch.Tensor:
+def _centred(x: torch.Tensor, assume_centered: bool) -> torch.Tensor:
+    """Checked (n, p) data, minus its mean unless already centred."""
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"expected a (n_samples, n_features) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if not x.is_floating_point():
         raise ValueError(f"expected floating point data, got {x.dtype}")
-    return x
+    return x if assume_centered else x - x.mean(dim=0)
 
 
 def empirical_covariance(x: torch.Tensor, assume_centered: bool = False) -> torch.Tensor:
@@ -29,9 +30,7 @@ def empirical_covariance(x: torch.Tensor, assume_centered: bool = False) -> torc
         x: (n, p) samples.
         assume_centered: the data are already centred (e.g. per class).
     """
-    x = _check(x)
-    if not assume_centered:
-        x = x - x.mean(dim=0)
+    x = _centred(x, assume_centered)
     return x.T @ x / x.shape[0]
 
 
@@ -45,9 +44,7 @@ def ledoit_wolf(x: torch.Tensor, assume_centered: bool = False) -> tuple[torch.T
     Returns:
         ((p, p) covariance, shrinkage in [0, 1]).
     """
-    x = _check(x)
-    if not assume_centered:
-        x = x - x.mean(dim=0)
+    x = _centred(x, assume_centered)
     n, p = x.shape
     emp_cov = x.T @ x / n
     if p == 1:

@@ -226,6 +226,7 @@ class Guard:
         self._lock = threading.RLock()
         self._history = torch.empty(0, dtype=torch.float64)
         self._cross = torch.empty(0, dtype=torch.float64)  # label scores of recent feature-accepted images
+        self._label_in_force: float | None = None  # the label gate's threshold on the latest batch
         self.calibration: dict[str, Any] | None = None
         self.n_images = 0
         self._admissions: deque[int] = deque(maxlen=_HEALTH_BATCHES)  # confident-ID admissions per recent batch
@@ -446,6 +447,7 @@ class Guard:
                     det.reset(noise_features=self._noise_features, generator=torch.Generator().manual_seed(self.seed + 1))
             self._history = torch.empty(0, dtype=torch.float64)
             self._cross = torch.empty(0, dtype=torch.float64)
+            self._label_in_force = None
             self.n_images = 0
             self._admissions = deque(maxlen=_HEALTH_BATCHES)
             self._warned = False
@@ -477,7 +479,8 @@ class Guard:
     @property
     def _cross_calibrated(self) -> bool:
         """Whether the label gate's threshold comes from the feature gate's verdicts on the stream."""
-        return self.fused and self.fusion.label_threshold == "feature" and self.policy.threshold.mode == "adaptive"
+        # a fixed policy moves only the fused score's threshold; the gates keep theirs
+        return self.fused and self.fusion.label_threshold == "feature" and self.policy.threshold.mode != "calibrated"
 
     def _cross_threshold(self, pool: torch.Tensor) -> float:
         assert self.feature_detector is not None
@@ -535,6 +538,7 @@ class Guard:
                         threshold = self._cross_threshold(self._cross)
                         spread = _spread(self._cross, threshold)
                 gates.insert(0, GateScores(self.label_detector.name, "label", label_scores, threshold, spread))
+                self._label_in_force = threshold
             else:
                 assert feature_step is not None
                 primary_scores = feature_step.scores.detach()
@@ -555,7 +559,8 @@ class Guard:
             label_of = self.anchors.label_of
             predictions = tuple(label_of[int(i)] for i in label_step.predictions.tolist())
         else:
-            predictions = tuple(self.feature_labels[int(i)] for i in step.predictions.tolist())
+            names = self.feature_labels or tuple(self.anchors.labels)  # a feature detector fit outside the guard
+            predictions = tuple(names[int(i)] if int(i) < len(names) else str(int(i)) for i in step.predictions.tolist())
         names = self.corpus.labels
         top = step.top_negatives
         k = self.policy.top_negatives
@@ -716,13 +721,12 @@ class Guard:
                 out.update(state)
                 if selected is not None:
                     out["selected_negatives"] = [self.corpus.labels[int(i)] for i in selected]
-                threshold = self._label_threshold(None, self._history)
-                if "threshold" in state and self.policy.threshold.mode == "adaptive":
-                    threshold = state["threshold"]
-                if self._cross_calibrated and len(self._cross):
-                    threshold = self._cross_threshold(self._cross)
-                if threshold == threshold:  # not NaN: something has been scored, or the threshold is set
-                    out["threshold"] = threshold
+                if self._label_in_force is not None:  # the label gate's threshold on the latest batch
+                    out["threshold"] = self._label_in_force
+                elif self.policy.threshold.mode == "fixed" and not self.fused:
+                    out["threshold"] = float(self.policy.threshold.value)
+                elif self.policy.threshold.mode == "calibrated" and self.calibration is not None:
+                    out["threshold"] = float(self.calibration["threshold"])
             if self.feature_detector is not None:
                 feature = self.feature_detector.snapshot()
                 feature.pop("config", None)
@@ -749,6 +753,7 @@ class Guard:
                 "policy_threshold": str(self.policy.threshold),
                 "admissions": list(self._admissions),
                 "cross": self._cross.clone(),
+                "label_threshold": self._label_in_force,
             }
             if self.fused:
                 assert self.feature_detector is not None
@@ -767,6 +772,7 @@ class Guard:
                 self.feature_detector.load_state_dict(state["feature_detector"])
             self._history = state["history"].to(torch.float64).clone()
             self._cross = state.get("cross", torch.empty(0)).to(torch.float64).clone()
+            self._label_in_force = state.get("label_threshold")
             self.calibration = dict(state["calibration"]) if state.get("calibration") else None
             self.n_images = int(state["n_images"])
             self._admissions = deque((int(n) for n in state.get("admissions", ())), maxlen=_HEALTH_BATCHES)
