@@ -139,6 +139,12 @@ class AdaNegDetector(LabelDetector):
         self.entropies = state["entropies"].to(self.entropies)
         self.n_seen = int(state["n_seen"])
 
+    def snapshot(self, n_selected: int = 20) -> dict[str, Any]:
+        # from the counts alone: the full state holds every memory (hundreds of MB at ImageNet scale)
+        summary = {"detector": self.name, "config": config_to_dict(self.config), "filled": self.filled.cpu(),
+                   "n_seen": self.n_seen}
+        return self.describe_state(summary, n_selected)
+
     @classmethod
     def describe_state(cls, state: dict[str, Any], n_selected: int = 20) -> dict[str, Any]:
         """Cached features per memory (ID labels, negative labels) and images seen."""

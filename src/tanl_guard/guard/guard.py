@@ -614,7 +614,8 @@ class Guard:
     ) -> SeriesVerdict:
         """The verdict of one series whose views sit at ``views`` in a gated batch.
 
-        Every gate's view scores are reduced (``policy.view_reduction``) before a fused guard combines them.
+        The series' id_score is the reduction (``policy.view_reduction``) of its views' id_scores; a fused guard
+        also reports each gate's reduced score, and names the gates whose reduced score is below their threshold.
         """
         index = list(range(len(gate)))[views] if isinstance(views, slice) else list(views)
         if not index:
@@ -625,19 +626,15 @@ class Guard:
             return float(values.min() if self.policy.view_reduction == "min" else values.mean())
 
         view_scores = gate.scores[index].double()
+        score = reduce(gate.scores)
         gate_fields: dict[str, Any] = {}
+        refused: tuple[str, ...] = ()
         if len(gate.gates) == 2:
             label, feature = gate.gates
             reduced = [reduce(label.scores), reduce(feature.scores)]
-            margin = combined_margin(label.margin(torch.tensor(reduced[0])), feature.margin(torch.tensor(reduced[1])),
-                                     self.fusion)
-            score = float(fused_score(margin))
             refused = tuple(refused_by(gate.gates, reduced))
             gate_fields = {"label_score": reduced[0], "label_threshold": label.threshold,
                            "feature_score": reduced[1], "feature_threshold": feature.threshold}
-        else:
-            score = float(view_scores.min() if self.policy.view_reduction == "min" else view_scores.mean())
-            refused = ()
         accepted = score >= gate.threshold
         negatives: list[str] = []
         for i in sorted(index, key=lambda j: float(gate.scores[j])):
@@ -651,7 +648,7 @@ class Guard:
                            for g, s in zip(gate.gates, (gate_fields["label_score"], gate_fields["feature_score"]))
                            if g.name in refused]
                 reason += f": refused by {' and '.join(refused)} ({'; '.join(details)})" if refused else \
-                    ": the combined score is below the fixed threshold"
+                    ": the combined score of its views is below the threshold"
         return SeriesVerdict(
             series=series,
             modality=modality,
