@@ -7,37 +7,88 @@ corpora, DICOM ingestion, the guard, the MONAI and MLflow integrations and the C
 
 from __future__ import annotations
 
-from .config import (
-    AdaNegConfig,
-    CalibrationConfig,
-    KNNConfig,
-    MahalanobisConfig,
-    MCMConfig,
-    NegLabelConfig,
-    TANLConfig,
-)
-from .detectors import (
-    DETECTORS,
-    AdaNegDetector,
-    Detector,
-    DetectorStep,
-    FeatureDetector,
-    KNNDetector,
-    LabelBank,
-    LabelDetector,
-    MahalanobisDetector,
-    MCMDetector,
-    NegLabelDetector,
-    TANLDetector,
-    TANLStep,
-    make_detector,
-)
-from .metrics import OODMetrics, ood_metrics
-from .noise import noise_images
-from .scores import activation_aware_score, grouped_neglabel_score, mcm_score
-from .threshold import otsu_threshold
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The engine's names, imported on first use: ``import tanl_guard`` (and so ``tanl-guard --version``, whose
+# package this is) must not pay for torch before it is needed.
+_EXPORTS = {
+    "TANLConfig": "config",
+    "NegLabelConfig": "config",
+    "MCMConfig": "config",
+    "AdaNegConfig": "config",
+    "KNNConfig": "config",
+    "MahalanobisConfig": "config",
+    "CalibrationConfig": "config",
+    "Detector": "detectors",
+    "DetectorStep": "detectors",
+    "LabelBank": "detectors",
+    "TANLDetector": "detectors",
+    "TANLStep": "detectors",
+    "NegLabelDetector": "detectors",
+    "MCMDetector": "detectors",
+    "AdaNegDetector": "detectors",
+    "DETECTORS": "detectors",
+    "LabelDetector": "detectors",
+    "FeatureDetector": "detectors",
+    "KNNDetector": "detectors",
+    "MahalanobisDetector": "detectors",
+    "make_detector": "detectors",
+    "OODMetrics": "metrics",
+    "ood_metrics": "metrics",
+    "noise_images": "noise",
+    "activation_aware_score": "scores",
+    "grouped_neglabel_score": "scores",
+    "mcm_score": "scores",
+    "otsu_threshold": "threshold",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .config import (
+        AdaNegConfig,
+        CalibrationConfig,
+        KNNConfig,
+        MahalanobisConfig,
+        MCMConfig,
+        NegLabelConfig,
+        TANLConfig,
+    )
+    from .detectors import (
+        DETECTORS,
+        AdaNegDetector,
+        Detector,
+        DetectorStep,
+        FeatureDetector,
+        KNNDetector,
+        LabelBank,
+        LabelDetector,
+        MahalanobisDetector,
+        MCMDetector,
+        NegLabelDetector,
+        TANLDetector,
+        TANLStep,
+        make_detector,
+    )
+    from .metrics import OODMetrics, ood_metrics
+    from .noise import noise_images
+    from .scores import activation_aware_score, grouped_neglabel_score, mcm_score
+    from .threshold import otsu_threshold
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tanl_guard' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "__version__",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ._column_mean import IncrementalColumnMean
+
 __all__ = ["ActivationQueue"]
 
 
@@ -13,7 +15,8 @@ class ActivationQueue:
 
     Each entry is an image embedding (D floats, what is saved) and its N-dimensional activation row (what the
     queue mean needs; rebuilt from the embeddings after loading). The mean is the exact column mean of the rows
-    held, recomputed on demand, so it never drifts. The ring's start offset is part of the state because the
+    held (bit for bit ``rows.mean(dim=0)`` over the ring, see :mod:`tanl_guard._column_mean`), recomputed only for
+    the rows that changed, so it never drifts. The ring's start offset is part of the state because the
     summation order of the mean depends on where rows sit.
 
     Args:
@@ -30,43 +33,52 @@ class ActivationQueue:
         self.rows = torch.zeros(self.capacity, n_columns, dtype=dtype, device=device)
         self.start = 0
         self.size = 0
+        self._mean: torch.Tensor | None = None  # column mean of the rows held; None = to be recomputed
+        self._column_mean = IncrementalColumnMean(self.rows)
 
     def __len__(self) -> int:
         return self.size
 
-    def _slots_for(self, count: int) -> torch.Tensor:
-        """Physical slots for ``count <= capacity`` new entries, advancing start/size as the pushes would."""
-        slots = []
-        for _ in range(count):
-            if self.size < self.capacity:
-                slots.append((self.start + self.size) % self.capacity)
-                self.size += 1
-            else:
-                slots.append(self.start)
-                self.start = (self.start + 1) % self.capacity
-        return torch.tensor(slots, dtype=torch.long, device=self.features.device)
-
     def push(self, features: torch.Tensor, rows: torch.Tensor) -> None:
-        """Append entries in order; if more than the capacity arrive at once, only the last ``capacity`` stay."""
+        """Append entries in order; if more than the capacity arrive at once, only the last ``capacity`` stay.
+
+        The new entries occupy consecutive slots modulo the capacity, so they are written as at most two slice
+        copies.
+        """
         count = int(features.shape[0])
         if count == 0:
             return
+        self._mean = None
         if count >= self.capacity:
             self.features.copy_(features[-self.capacity :])
             self.rows.copy_(rows[-self.capacity :])
+            self._column_mean.changed_all()
             self.start, self.size = 0, self.capacity
             return
-        slots = self._slots_for(count)
-        self.features[slots] = features
-        self.rows[slots] = rows
+        # A queue that is not full starts at slot 0, so the first free slot is start + size in both cases.
+        write = (self.start + self.size) % self.capacity
+        first = min(count, self.capacity - write)
+        self.features[write : write + first] = features[:first]
+        self.rows[write : write + first] = rows[:first]
+        self._column_mean.changed(write, write + first)
+        if first < count:
+            self.features[: count - first] = features[first:]
+            self.rows[: count - first] = rows[first:]
+            self._column_mean.changed(0, count - first)
+        overflow = self.size + count - self.capacity
+        if overflow > 0:  # the oldest `overflow` entries were overwritten
+            self.start, self.size = (self.start + overflow) % self.capacity, self.capacity
+        else:
+            self.size += count
 
     def mean(self) -> torch.Tensor:
-        """Column mean of the activation rows held (zeros for an empty queue)."""
-        if self.size == 0:
-            return torch.zeros_like(self.rows[0])
-        if self.size < self.capacity:  # not yet wrapped: start == 0 and the rows are the first `size` slots
-            return self.rows[: self.size].mean(dim=0)
-        return self.rows.mean(dim=0)
+        """Column mean of the activation rows held (zeros for an empty queue). Do not modify the result in place."""
+        if self._mean is None:
+            if self.size == 0:
+                self._mean = torch.zeros_like(self.rows[0])
+            else:  # not yet wrapped: start == 0 and the rows are the first `size` slots; full: all of them
+                self._mean = self._column_mean.mean(self.size)
+        return self._mean
 
     def ordered_slots(self) -> torch.Tensor:
         """Physical slots from the oldest entry to the newest."""
@@ -85,6 +97,8 @@ class ActivationQueue:
             raise ValueError("a queue that is not full always starts at slot 0")
         self.features.zero_()
         self.rows.zero_()
+        self._column_mean.changed_all()
+        self._mean = None
         self.start, self.size = start, count
         slots = self.ordered_slots()
         self.features[slots] = features

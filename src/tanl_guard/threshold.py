@@ -27,14 +27,15 @@ def otsu_criteria(history: torch.Tensor, grid: torch.Tensor = OTSU_GRID) -> torc
     centred = ordered - ordered.mean()  # centring keeps the prefix-sum variances accurate
     s1 = torch.cat([centred.new_zeros(1), torch.cumsum(centred, 0)])
     s2 = torch.cat([centred.new_zeros(1), torch.cumsum(centred * centred, 0)])
-    criteria = torch.full((grid.numel(),), float("inf"), dtype=torch.float64)
-    for k in torch.unique(below).tolist():
-        if k == 0 or k == n:
-            continue
-        lo_mean, hi_mean = s1[k] / k, (s1[n] - s1[k]) / (n - k)
-        lo_var = (s2[k] / k - lo_mean * lo_mean).clamp_min(0.0)
-        hi_var = ((s2[n] - s2[k]) / (n - k) - hi_mean * hi_mean).clamp_min(0.0)
-        criteria[below == k] = (k / n) * lo_var + ((n - k) / n) * hi_var
+    # All grid values at once: elementwise float64 arithmetic, so grid values with the same partition (the same
+    # ``below``) get bit-identical criteria. Empty sides divide by zero here and are replaced by +inf below.
+    k = below.double()
+    lo_n, hi_n = k, n - k
+    lo_mean, hi_mean = s1[below] / lo_n, (s1[n] - s1[below]) / hi_n
+    lo_var = (s2[below] / lo_n - lo_mean * lo_mean).clamp_min(0.0)
+    hi_var = ((s2[n] - s2[below]) / hi_n - hi_mean * hi_mean).clamp_min(0.0)
+    criteria = (lo_n / n) * lo_var + (hi_n / n) * hi_var
+    criteria = torch.where((below == 0) | (below == n), float("inf"), criteria)
     return criteria
 
 

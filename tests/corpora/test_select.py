@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tanl_guard.corpora import Corpus, drop_near_id, embed_corpus, max_similarity_to_id, select_negatives
+from tanl_guard.corpora import Corpus, drop_near_id, embed_corpus, max_similarity_to_id
+from tanl_guard.selection import distance_to_id, select_farthest
+
+
+def select_negatives(corpus_embeddings, corpus, id_embeddings, share=None, n_select=None):
+    """NegLabel's farthest-per-kind selection on a real corpus, as the NegLabel/AdaNeg detectors apply it."""
+    if corpus_embeddings.shape[0] != len(corpus):
+        raise ValueError("one embedding per label")
+    distances = distance_to_id(corpus_embeddings, id_embeddings, 0.95)
+    return select_farthest(distances, n_select=n_select, share=share, kinds=corpus.kind_ids())
 
 NOUNS = ["dog", "puppy", "wolf", "cat", "kitten", "volcano", "spreadsheet", "tax return", "glacier", "violin",
          "mortgage", "algebra"]  # fmt: skip

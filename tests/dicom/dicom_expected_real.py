@@ -16,6 +16,8 @@ table departs from those sections, the file was inspected and the scanner is rig
   with ``force=True``; tested separately).
 - ``SC_rgb_jpeg.dcm``: encapsulated pixel data stored with a defined length; the streaming decoder rejects it,
   the full-read fallback decodes it.
+- ``rtplan_truncated.dcm``: its last element declares more bytes than the file holds; a header cut short is
+  ``unreadable/truncated_header``, not a complete plan without pixels (``skipped_non_image`` before issue 11).
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ EXPECTED: dict[str, tuple] = {
     "pydicom:rtdose_rle_1frame.dcm": ("viewed", "RTDOSE", 1),
     "pydicom:rtplan.dcm": ("skipped_non_image", "no_pixel_data"),
     "pydicom:rtplan.dump": ("not_dicom", "not_dicom"),
-    "pydicom:rtplan_truncated.dcm": ("skipped_non_image", "no_pixel_data"),
+    "pydicom:rtplan_truncated.dcm": ("unreadable", "truncated_header"),  # ends inside an element
     "pydicom:rtstruct.dcm": ("unreadable", "invalid_file"),
     "pydicom:rtstruct.dump": ("not_dicom", "not_dicom"),
     "pydicom:test-SR.dcm": ("skipped_non_image", "no_pixel_data"),

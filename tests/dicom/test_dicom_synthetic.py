@@ -307,3 +307,15 @@ def test_iter_study_views_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     first = next(it)
     assert len(calls) == 1 and len(first.series) == 1
     assert len(list(it)) == 2 and len(calls) == 3
+
+
+def test_records_do_not_import_series_views() -> None:
+    """records.py sits below series_views.py: no import back, not even for type checking (issue 10)."""
+    import ast
+
+    import tanl_guard.dicom.records as records
+
+    tree = ast.parse(Path(records.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any("series_views" in (m or "") for m in imported)

@@ -7,6 +7,8 @@ import torch
 from reference_tanl import m_softmax_score
 
 from tanl_guard.scores import (
+    _id_lse,
+    _prefix_id_probabilities,
     activation_aware_score,
     group_permutation,
     grouped_neglabel_score,
@@ -78,3 +80,24 @@ def test_mcm_is_max_softmax_over_id_labels():
     id_logits, _ = _logits(4, 7, 1, torch.float64, seed=2)
     torch.testing.assert_close(mcm_score(id_logits), torch.softmax(id_logits, 1).max(1).values)
     torch.testing.assert_close(mcm_score(id_logits, 2.0), torch.softmax(id_logits / 2.0, 1).max(1).values)
+
+
+@pytest.mark.parametrize("scale", [100.0, 1000.0, 5000.0])
+def test_activation_aware_score_at_any_logit_range(scale):
+    # The linear-domain form serves CLIP-sized logits; logits hundreds apart take the log-domain form. Both must
+    # agree with the M-softmax definition, also for rows whose scores saturate at 0 or 1.
+    id_logits, neg_logits = _logits(6, 40, 300, torch.float64, seed=7, scale=scale)
+    neg_logits[0] -= scale  # an image no negative fires on
+    neg_logits[1] += scale  # an image every negative fires on
+    for step in (1, 7):
+        expected = m_softmax_score(id_logits, neg_logits, step)
+        torch.testing.assert_close(activation_aware_score(id_logits, neg_logits, step), expected, rtol=0, atol=1e-12)
+
+
+def test_linear_and_log_domain_prefix_probabilities_agree():
+    id_logits, neg_logits = _logits(64, 1000, 1000, torch.float32, seed=11)
+    a = _id_lse(id_logits)
+    neg = neg_logits.double()
+    linear = _prefix_id_probabilities(a, neg)
+    log_domain = torch.sigmoid(a[:, None] - torch.logcumsumexp(neg, dim=1))
+    assert (linear - log_domain).abs().max() < 1e-13

@@ -9,7 +9,8 @@ import torch
 from reference_tanl import ReferenceTANL
 
 from conftest import Mixture
-from tanl_guard import TANLConfig, TANLDetector
+from tanl_guard import DETECTORS, TANLConfig, TANLDetector
+from tanl_guard.detectors.base import UNIT_NORM_TOLERANCE
 
 
 def _pair(mix: Mixture, cfg: TANLConfig):
@@ -180,7 +181,18 @@ def _bad_inputs(d):
         ("NaN or infinite", torch.tensor([[float("inf")] * d])),
         ("floating", torch.zeros(2, d, dtype=torch.long)),
         ("torch.Tensor", [[0.0] * d]),
+        # issue 11: embeddings that are not embeddings
+        ("unit-norm.*row 0 has norm 0", torch.zeros(2, d)),
+        ("unit-norm.*row 1 has norm 2", torch.cat([_unit_rows(1, d), 2 * _unit_rows(1, d)])),
+        ("unit-norm", torch.full((3, d), 1e30)),
+        ("unit-norm", torch.full((1, d), 1e-30)),
+        ("unit-norm", (1 + 2 * UNIT_NORM_TOLERANCE) * _unit_rows(4, d)),
     ]
+
+
+def _unit_rows(n, d, dtype=torch.float64):
+    g = torch.Generator().manual_seed(n)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
 
 
 def test_bad_input_raises_value_error_and_leaves_state_unchanged():
@@ -192,12 +204,123 @@ def test_bad_input_raises_value_error_and_leaves_state_unchanged():
     for expected, bad in _bad_inputs(mix.id_text.shape[1]):
         with pytest.raises(ValueError, match=expected):
             det.step(bad)
-    after = det.state_dict()
+    _assert_same_state(before, det.state_dict())
+
+
+def _assert_same_state(before, after):
     for key, value in before.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, after[key]), key
         else:
             assert value == after[key], key
+
+
+def test_values_outside_the_bank_dtype_raise_and_leave_state_unchanged():
+    # float64 1e300 used to overflow to inf in a float32 bank and end in an IndexError deep in the step
+    mix = Mixture(dtype=torch.float32)
+    det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=50, queue_len=10))
+    det.reset(noise_features=mix.noise)
+    det.step(mix.batch(8)[0])
+    before = det.state_dict()
+    threads = torch.get_num_threads()
+    d = mix.id_text.shape[1]
+    for bad in (torch.full((2, d), 1e300, dtype=torch.float64), torch.full((2, d), 1e30)):
+        with pytest.raises(ValueError, match="range of torch.float32|unit-norm"):
+            det.step(bad)
+    with pytest.raises(ValueError, match="range of torch.float32"):
+        det.step(torch.full((2, d), 1e300, dtype=torch.float64))
+    with pytest.raises(ValueError, match="noise_features must be unit-norm"):
+        det.reset(noise_features=torch.zeros(15, d))
+    assert torch.get_num_threads() == threads  # the failed steps gave back the threads they borrowed
+    _assert_same_state(before, det.state_dict())
+
+
+def test_embeddings_normalised_in_any_float_precision_are_accepted():
+    mix = Mixture(dtype=torch.float32)
+    det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=50, queue_len=10))
+    raw = 7.0 * torch.randn(16, mix.id_text.shape[1], generator=torch.Generator().manual_seed(3))  # encoder output
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        unit = torch.nn.functional.normalize(raw.to(dtype), dim=1)  # normalised in the encoder's precision
+        assert det.step(unit).scores.shape == (16,)
+    with pytest.raises(ValueError, match="unit-norm"):
+        det.step(raw)  # the same features before normalisation
+
+
+@pytest.mark.parametrize("name", sorted(n for n, entry in DETECTORS.items() if entry.detector.input == "embeddings"))
+def test_every_label_detector_rejects_non_unit_embeddings(name):
+    mix = Mixture()
+    det = DETECTORS[name].detector(mix.id_text, mix.corpus, 100.0)
+    good = mix.batch(4)[0]
+    det.step(good)
+    for bad in (torch.zeros_like(good), 3 * good):
+        with pytest.raises(ValueError, match="unit-norm"):
+            det.step(bad)
+
+
+def test_results_do_not_alias_the_reused_buffers():
+    mix = Mixture()
+    det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=50, queue_len=10))
+    det.reset(noise_features=mix.noise)
+    first = det.step(mix.batch(24)[0])
+    kept = {k: getattr(first, k).clone() for k in ("scores", "first_pass_scores", "predictions", "top_negatives")}
+    for size in (24, 40, 3):  # same size, a larger one (buffers grow), a smaller one (views of them)
+        det.step(mix.batch(size)[0])
+    for key, value in kept.items():
+        assert torch.equal(getattr(first, key), value), key
+
+
+@pytest.mark.parametrize("ood_fraction", [0.0, 0.35, 1.0])
+def test_queued_activation_rows_are_the_softmax_rows(ood_fraction):
+    # Only admitted images are softmaxed, in place or gathered; the queues must hold exactly torch.softmax's rows.
+    mix = Mixture()
+    det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=50, queue_len=200, gap=0.0))
+    det.reset(noise_features=mix.noise)
+    for size in (1, 2, 5, 37, 64):
+        x = mix.batch(size, ood_fraction=ood_fraction)[0]
+        before = det.queue_sizes
+        res = det.step(x)
+        probs = torch.softmax(det.bank.logits(x), dim=1)[:, len(mix.id_text) :]
+        sides = ((det._pos, res.confident_id, before[0]), (det._neg, res.confident_ood, before[1]))
+        for queue, admitted, n_before in sides:
+            n_new = int(admitted.sum())
+            slots = queue.ordered_slots()[n_before : n_before + n_new]
+            assert torch.equal(queue.rows[slots], probs[admitted])
+            assert torch.equal(queue.features[slots], x[admitted])
+
+
+def test_busy_and_idle_machines_give_the_same_bits(monkeypatch):
+    # On a busy machine the small operations of a step run on one thread. Column means over rows add up in an order
+    # that depends on the thread count, so they must still see the configured threads; the results must not move.
+    import tanl_guard.detectors.tanl as tanl_module
+
+    mix = Mixture(dtype=torch.float32, n_corpus=5000)
+    batches = [mix.batch(n)[0] for n in (64, 48, 64, 7, 64)]
+    threads_seen = []
+    tensor_mean = torch.Tensor.mean
+
+    def spy_mean(self, *args, **kwargs):
+        if self.ndim == 2 and self.shape[1] == 5000 and (args[:1] == (0,) or kwargs.get("dim") == 0):
+            threads_seen.append(torch.get_num_threads())
+        return tensor_mean(self, *args, **kwargs)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for busy in (False, True):
+            monkeypatch.setattr(tanl_module, "machine_is_busy", lambda busy=busy: busy)
+            det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=200, queue_len=100))
+            det.reset(noise_features=mix.noise)
+            monkeypatch.setattr(torch.Tensor, "mean", spy_mean)
+            runs.append([det.step(b) for b in batches])
+            monkeypatch.setattr(torch.Tensor, "mean", tensor_mean)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert len(threads_seen) >= 2 * len(batches) and set(threads_seen) == {2}  # queue and batch means
+    for idle, busy in zip(*runs):
+        for key in ("scores", "first_pass_scores", "selected", "confident_id", "top_negatives"):
+            assert torch.equal(getattr(idle, key), getattr(busy, key)), key
 
 
 def test_construction_and_reset_validation():

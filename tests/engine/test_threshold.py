@@ -52,3 +52,20 @@ def test_degenerate_histories():
 def test_float64_history_compares_against_float32_grid_values():
     h = torch.tensor([0.29, 0.3, 0.31, 0.7], dtype=torch.float64)
     assert otsu_threshold(h) == brute_otsu(h)
+
+
+def test_full_history_matches_brute_force():
+    # 20,000 scores (the history's cap) in two clusters plus exact grid values: the vectorised criteria must give
+    # every grid value of one partition the same bits, or the tie-break would move.
+    g = torch.Generator().manual_seed(5)
+    h = torch.cat([
+        torch.rand(12000, generator=g) * 0.3,
+        0.7 + torch.rand(7000, generator=g) * 0.3,
+        OTSU_GRID[torch.randint(0, 100, (1000,), generator=g)],
+    ])
+    assert otsu_threshold(h) == brute_otsu(h)
+    crit = otsu_criteria(h)
+    below = torch.searchsorted(torch.sort(h.double()).values, OTSU_GRID.double())
+    for k in torch.unique(below):
+        same = crit[below == k]
+        assert bool((same == same[0]).all())

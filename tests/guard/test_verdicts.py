@@ -45,9 +45,10 @@ def test_study_verdict_takes_lowest_score_and_merges_negatives():
     assert v.verdict == "reject" and v.id_score == 0.2 and v.threshold == 0.5 and v.step == 7
     assert v.top_negatives == ("teapot", "cat")
     line = v.to_json()
-    assert set(line) == {"study", "verdict", "id_score", "threshold", "series", "top_negatives", "reason"}
+    assert set(line) == {"study", "verdict", "id_score", "threshold", "series", "top_negatives", "reason",
+                         "conflicts"}
     assert line["series"][1] == {"series": "s0.2", "modality": "MR", "verdict": "reject", "id_score": 0.2,
-                                 "views": 3, "reason": None}
+                                 "views": 3, "reason": None, "conflicts": 0}
 
 
 def test_threshold_policy_parse():

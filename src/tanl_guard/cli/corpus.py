@@ -33,14 +33,29 @@ def show(spec: str, limit: int, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-@corpus.command("build")
+@corpus.command("build", epilog="""
+\b
+Examples:
+  tanl-guard corpus build wordnet+dicom --encoder biomedclip:local-dir:/models/biomedclip
+  tanl-guard corpus build my_negatives.txt --encoder surrogate --cache-dir /srv/tanl_guard/cache
+""")
 @click.argument("spec", default="wordnet")
-@click.option("--encoder", "encoder_spec", default="biomedclip", show_default=True)
-@click.option("--id-label", multiple=True, help="ID labels to remove from the corpus (repeatable).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--encoder", "encoder_spec", default="biomedclip", show_default=True,
+              help="The encoder that will screen: biomedclip[:local-dir:PATH], open_clip:ARCH:PRETRAINED or surrogate "
+                   "(embeddings are cached per encoder and weights).")
+@click.option("--id-label", multiple=True,
+              help="An ID label to remove from the corpus, with its plurals (repeatable). Not needed for the cache: "
+                   "labels are cached one by one, so any later ID labels reuse it.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The embedding cache (default: $TANL_GUARD_CACHE/corpus_embeddings or "
+                   "~/.cache/tanl_guard/corpus_embeddings); give screen the same --cache-dir.")
 def build(spec: str, encoder_spec: str, id_label: tuple[str, ...], device: str, cache_dir: Path | None) -> None:
-    """Embed a corpus with an encoder and store it in the embedding cache (later runs load it in seconds)."""
+    """Embed a corpus (SPEC: wordnet, dicom, wordnet+dicom, a file ...) into the embedding cache.
+
+    Later runs load it in seconds. Labels are cached in parts as they are embedded: an interrupted build resumes
+    where it stopped, and corpora that share labels (wordnet and wordnet+dicom) share their embeddings.
+    """
     from ..corpora import embed_corpus, load_corpus
     from ..encoders import resolve
 

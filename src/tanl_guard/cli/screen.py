@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,29 @@ import click
 
 from .. import __version__
 
-__all__ = ["screen", "EXIT_REJECTED", "EXIT_UNREADABLE"]
+__all__ = ["screen", "EXIT_REJECTED", "EXIT_UNREADABLE", "EXIT_NOTHING_SCREENED", "EXIT_SIGTERM", "EXIT_SIGINT"]
 
-EXIT_REJECTED, EXIT_UNREADABLE = 3, 4
+EXIT_REJECTED, EXIT_UNREADABLE, EXIT_NOTHING_SCREENED = 3, 4, 5
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number, as a shell reports a process the signal ended
+
+_EXAMPLES = """
+\b
+Examples:
+  # screen an export against brain MRI, JSON lines on stdout, audit run in ./mlflow.db
+  tanl-guard screen /data/export --encoder biomedclip:local-dir:/models/biomedclip \\
+      --id-label "brain MRI" --reference /data/reference_brain_mr --json > verdicts.jsonl
+  # offline demo encoder, no audit run, fail a pipeline step when a study is rejected or unreadable
+  tanl-guard screen /data/export --encoder surrogate --id-label "chest X-ray" --no-audit \\
+      --fail-on-reject --strict
+  # continue a screening that was stopped (SIGTERM, Ctrl-C, crash) where its checkpoint left it
+  tanl-guard screen /data/export --id-label "brain MRI" --state /var/lib/tg/state.pt --resume
+
+\b
+Exit codes: 0 done; 1 runtime error (missing weights, bad checkpoint, busy --state/--report, ...); 2 usage error;
+3 with --fail-on-reject when a study was rejected; 4 with --strict when inputs were unreadable; 5 with --strict
+when nothing was screened (no DICOM study found); 143 stopped by SIGTERM and 130 by Ctrl-C, after the batch in
+hand was judged and checkpointed (continue with --resume). 3 is checked before 4, and 4 before 5.
+"""
 
 
 def _read_labels(id_label: tuple[str, ...], id_labels: Path | None) -> list[str]:
@@ -44,6 +65,26 @@ def _view(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+class _RegistryChoice(click.Choice):
+    """A choice read from a registry when first needed: importing the registry loads torch, which ``--version``
+    and the CLI's import must not."""
+
+    def __init__(self, values: Callable[[], Sequence[str]]) -> None:
+        self._values = values
+        self._loaded: tuple[str, ...] | None = None
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        if self._loaded is None:
+            self._loaded = tuple(self._values())
+        return self._loaded
+
+    @choices.setter
+    def choices(self, value: Sequence[str]) -> None:  # click's __init__ assigns the empty placeholder
+        pass
+
+
 def _detector_choices() -> list[str]:
     from ..guard import detector_names
 
@@ -63,32 +104,70 @@ _DETECTOR_HELP = (
 )
 
 
-def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
+def _tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from ..integrations.mlflow.config import check_tracking_uri
+
+    if value is None:
+        return None
+    try:
+        return check_tracking_uri(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _outputs_inside_input(studies_dir: Path, state_path: Path, report: Path | None, tracking_uri: str | None,
+                          no_audit: bool) -> list[str]:
+    """The outputs this run would write inside the (read-only) input folder."""
+    from ._files import inside
+
+    outputs: list[tuple[str, Path]] = [("--state", state_path)]
+    if report is not None:
+        outputs.append(("--report", report))
+    if not no_audit:
+        from ..integrations.mlflow.config import AuditConfig, sqlite_path
+
+        config = AuditConfig(tracking_uri=tracking_uri)
+        db = sqlite_path(config.resolved_tracking_uri())
+        if db is not None:
+            outputs.append(("the MLflow store (--tracking-uri)", db))
+        outputs.append(("the audit journal", config.resolved_journal_dir()))
+    return [f"{what} ({path})" for what, path in outputs if inside(path, studies_dir)]
+
+
+def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_dir: Path) -> None:
     counts = report.counts()
     seconds = report.seconds
+    found = report.found
+    done = len(report.studies)
+    studies = str(done) if not report.stopped else f"{done} of {found} (stopped)"
     rows = [
-        ("studies", str(len(report.studies)) + (f" ({report.resumed} from the checkpoint)" if report.resumed else "")),
+        ("studies", studies + (f" ({report.resumed} from the checkpoint)" if report.resumed else "")),
         ("accepted", str(counts["accept"])),
         ("rejected (out of distribution)", str(counts["reject"])),
         ("unreadable studies", str(counts["unreadable"])),
         ("unreadable files outside any study", str(counts["orphan_files"])),
-        ("files", ", ".join(f"{k} {v}" for k, v in report.file_counts.items())),
+        ("files", ", ".join(f"{k} {v}" for k, v in report.file_counts.items()) or "none"),
         ("views scored", str(report.views)),
         ("time", ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())),
     ]
     snapshot = guard.snapshot(n_negatives=8)
-    if "threshold" in snapshot:
+    screened_any = bool(snapshot.get("images_screened"))
+    if screened_any and "threshold" in snapshot:
         rows.append(("threshold in force", f"{snapshot['threshold']:.3f}"))
     if not snapshot.get("health", {}).get("ok", True):
         rows.append(("WARNING", snapshot["health"]["problem"] + ": add reference ID images or check the labels"))
-    if snapshot.get("selected_negatives"):
+    if screened_any and snapshot.get("selected_negatives"):
         rows.append(("leading activated negatives", ", ".join(snapshot["selected_negatives"])))
     width = max(len(k) for k, _ in rows)
     click.echo("")
+    if found == 0:
+        click.echo(f"  Nothing was screened: no DICOM study was found under {studies_dir}.")
+        click.echo("")
     for key, value in rows:
         click.echo(f"  {key:<{width}}  {value}")
-    click.echo("")
-    click.echo(f"  {'study':<18} {'verdict':<10} {'id_score':>8}  reason / top negatives")
+    if report.studies or report.orphans:
+        click.echo("")
+        click.echo(f"  {'study':<18} {'verdict':<10} {'id_score':>8}  reason / top negatives")
     for v in report.studies + report.orphans:
         score = f"{v.id_score:.3f}" if v.id_score is not None else "-"
         extra = v.reason or ""
@@ -101,7 +180,44 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
             click.echo(f"  {key}: {value}")
 
 
-@click.command()
+class _Signals:
+    """SIGTERM/SIGINT ask the screener to stop after the batch in hand; a second signal ends the process."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._screener: Any = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def attach(self, screener: Any) -> None:
+        self._screener = screener
+        if self.received is not None:
+            screener.request_stop()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # asked twice: stop now, the way the signal normally would
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        click.echo(f"\n{signal.Signals(signum).name}: stopping after the batch in hand (again to stop at once)",
+                   err=True)
+        if self._screener is not None:
+            self._screener.request_stop()
+
+
+@click.command(epilog=_EXAMPLES)
 @click.argument("studies_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--encoder", "encoder_spec", default="biomedclip", show_default=True,
               help="biomedclip[:local-dir:PATH], open_clip:ARCH:PRETRAINED, or surrogate (offline, not medical).")
@@ -112,7 +228,7 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
               help="Reference ID images or studies (one subfolder per label when there are several labels).")
 @click.option("--corpus", "corpus_spec", default="wordnet", show_default=True,
               help="Negative-label corpus: wordnet, dicom, wordnet+dicom, dicom:group=..., or a text file.")
-@click.option("--detector", type=click.Choice(_detector_choices()), default=None, help=_DETECTOR_HELP)
+@click.option("--detector", type=_RegistryChoice(_detector_choices), default=None, help=_DETECTOR_HELP)
 @click.option("--feature-source", type=click.Choice(["trunk", "embedding"]), default=None,
               help="What a feature gate reads: the encoder's image-trunk features (default when it has them) or its "
                    "joint embeddings.")
@@ -120,7 +236,7 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Views per gate batch (whole studies are batched together).")
 @click.option("--view", default="slices:3", show_default=True, callback=_view, help="mid, mip or slices:K.")
-@click.option("--study-policy", type=click.Choice(_policy_choices()), default="any", show_default=True,
+@click.option("--study-policy", type=_RegistryChoice(_policy_choices), default="any", show_default=True,
               help="Reject a study when any / all / a majority of its series are rejected.")
 @click.option("--threshold", "threshold_policy", default="adaptive", show_default=True, callback=_threshold,
               help="adaptive (each gate's own: TANL's Otsu split, the feature gate's calibrated one), a number in "
@@ -130,23 +246,32 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any]) -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the order, of every detector and of TANL's cold start.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("tanl_guard_state.pt"), show_default=True, help="Checkpoint file (state + done studies).")
+              default=Path("tanl_guard_state.pt"), show_default=True, help="Checkpoint file (state + done studies), signed with this installation's secret; locked while "
+                   "a screen uses it.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Checkpoint after this many studies.")
 @click.option("--resume", is_flag=True, help="Continue from --state: done studies are skipped, the state restored.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Corpus embedding cache.")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
-              help="MLflow tracking URI (default: sqlite:///./mlflow.db; env MLFLOW_TRACKING_URI).")
-@click.option("--experiment", default="tanl-guard", show_default=True)
-@click.option("--run-name", default=None)
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", callback=_tracking_uri,
+              help="MLflow store: sqlite:////abs/path/mlflow.db, postgresql://..., or a tracking server "
+                   "http(s)://host:port (default: sqlite:///./mlflow.db; env MLFLOW_TRACKING_URI). Other schemes, "
+                   "file: and bare paths are refused.")
+@click.option("--experiment", default="tanl-guard", show_default=True,
+              help="MLflow experiment of the audit run (created on first use).")
+@click.option("--run-name", default=None,
+              help="Name of the audit run in the MLflow UI (default: what ran and when, e.g. "
+                   "'screen tanl biomedclip 2026-05-01 22:40Z').")
 @click.option("--no-audit", is_flag=True, help="Do not write an MLflow audit run.")
 @click.option("--thumbnails", is_flag=True,
               help="Log a thumbnail of each rejected study to MLflow (off by default: pixels can carry burned-in "
                    "patient data).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per study on stdout, and nothing else.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON lines here.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON lines here (checked writable and locked before screening).")
 @click.option("--fail-on-reject", is_flag=True, help=f"Exit {EXIT_REJECTED} when a study was rejected.")
-@click.option("--strict", is_flag=True, help=f"Exit {EXIT_UNREADABLE} when inputs were unreadable.")
+@click.option("--strict", is_flag=True,
+              help=f"Exit {EXIT_UNREADABLE} when inputs were unreadable or conflicting (files sharing an SOP Instance "
+                   f"UID with other content), {EXIT_NOTHING_SCREENED} when no study was found.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
            reference: Path | None, corpus_spec: str, detector: str | None, feature_source: str | None, device: str,
@@ -155,22 +280,70 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
            checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
            strict: bool, quiet: bool) -> None:
-    """Screen every DICOM study under STUDIES_DIR: accept, reject (out of distribution) or unreadable."""
-    from ..dicom import DicomScanConfig
-    from ..guard import Guard, GuardPolicy
-    from ..pipeline import ScreenConfig, Screener, load_checkpoint
-    from ..pipeline.references import load_references
+    """Screen every DICOM study under STUDIES_DIR: accept, reject (out of distribution) or unreadable.
+
+    STUDIES_DIR is only read: the checkpoint, the report and the audit store must lie outside it.
+    """
+    from ._files import LockedReport, OutputBusy, StateLock
 
     labels = _read_labels(id_label, id_labels)
     if not labels and reference is None:
         raise click.UsageError("give the in-distribution labels (--id-label/--id-labels) and/or --reference images")
     if resume and not state_path.exists():
         raise click.UsageError(f"--resume: no checkpoint at {state_path}")
+    clashes = _outputs_inside_input(studies_dir, state_path, report, tracking_uri, no_audit)
+    if clashes:
+        raise click.UsageError(
+            f"STUDIES_DIR is read-only input, but this run would write inside it: {'; '.join(clashes)}. Run from "
+            "another folder, or point --state, --report and --tracking-uri outside it."
+        )
+
+    from ..pipeline import load_checkpoint
+
+    resume_metadata: dict[str, Any] = {}
+    if resume:  # verify the checkpoint before anything is built, locked or created
+        try:
+            resume_metadata = dict(load_checkpoint(state_path).get("metadata") or {})
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    locks: list[Any] = []
+    try:
+        try:
+            locks.append(StateLock(state_path))
+            report_file = LockedReport(report) if report is not None else None
+            if report_file is not None:
+                locks.append(report_file)
+        except OutputBusy as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the outputs: {exc}") from None
+        _screen(studies_dir, encoder_spec, labels, reference, corpus_spec, detector, feature_source, device,
+                batch_size, view,
+                study_policy, threshold_policy, order, seed, state_path, checkpoint_every, resume, resume_metadata,
+                cache_dir, tracking_uri, experiment, run_name, no_audit, thumbnails, as_json, report_file,
+                fail_on_reject, strict, quiet)
+    finally:
+        for lock in reversed(locks):
+            lock.close()
+
+
+def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: Path | None, corpus_spec: str,
+            detector: str | None, feature_source: str | None, device: str, batch_size: int, view: str,
+            study_policy: str, threshold_policy: Any,
+            order: str, seed: int, state_path: Path, checkpoint_every: int, resume: bool,
+            resume_metadata: dict[str, Any], cache_dir: Path | None, tracking_uri: str | None, experiment: str,
+            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report_file: Any,
+            fail_on_reject: bool, strict: bool, quiet: bool) -> None:
+    from ..dicom import DicomScanConfig
+    from ..guard import Guard, GuardPolicy, describe_guard
+    from ..pipeline import ScreenConfig, Screener
+    from ..pipeline.references import load_references
+
     dicom_config = DicomScanConfig(view=view)
     policy = GuardPolicy(threshold=threshold_policy, study_policy=study_policy)
     screen_config = ScreenConfig(view=view, batch_size=batch_size, order=order, seed=seed,
                                  checkpoint_every=checkpoint_every, state_path=str(state_path), resume=resume)
-    status = sys.stderr
     try:
         references = load_references(reference, labels, view, dicom_config) if reference else None
         if not quiet:
@@ -183,34 +356,20 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
     except (ValueError, RuntimeError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
-    settings = {
-        "encoder": guard.encoder.id, "detector": guard.detector_name, "corpus": corpus_spec,
-        "corpus_size": len(guard.corpus), "id_labels": labels,
-        "reference_images": sum(len(v) for v in (references.images if references else {}).values()),
-        "threshold": str(threshold_policy), "study_policy": study_policy, "view": view, "batch_size": batch_size,
-        "order": order, "seed": seed, "device": device,
-        "detector_config": guard.detector_configs(),
-    }
-    if guard.calibration:
-        settings["calibration"] = guard.calibration
-    if guard.feature_calibration:
-        settings["feature_calibration"] = guard.feature_calibration
-    config_sha = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
+    description = describe_guard(guard, entry_point="screen",
+                                 reference_images=references.images if references else None, view=view,
+                                 batch_size=batch_size, order=order, device=device)
     audit_logger = None
-    run_info: dict[str, Any] = {}
     if not no_audit:
         from ..integrations.mlflow import AuditConfig, AuditLogger
 
-        resume_run = load_checkpoint(state_path).get("metadata", {}).get("run_id") if resume else None
         try:
             audit_logger = AuditLogger(AuditConfig(tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
                                                    log_thumbnails=thumbnails))
-            audit_logger.start(params=settings, tags={
-                "tanl_guard.version": __version__, "encoder.id": guard.encoder.id,
-                "encoder.weights_sha256": guard.encoder.weights_sha256, "corpus.sha256": guard.corpus.sha256,
-                "config.sha256": config_sha, "screen.order_seed": str(seed),
-            }, resume_run_id=resume_run)
+            audit_logger.start(params=description.params, tags=description.tags,
+                               resume_run_id=resume_metadata.get("run_id"), run_name=description.run_name)
+            for dataset in description.datasets:
+                audit_logger.log_dataset(dataset.name, dataset.digest, dataset.context, dataset.profile)
         except (ValueError, RuntimeError, OSError) as exc:
             raise click.ClickException(f"audit: {exc}") from exc
 
@@ -218,7 +377,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
     if not quiet:
         from tqdm import tqdm
 
-        progress_bar = tqdm(total=0, unit="study", file=status, desc="screening", dynamic_ncols=True)
+        progress_bar = tqdm(total=0, unit="study", file=sys.stderr, desc="screening", dynamic_ncols=True)
 
     def on_progress(done: int, total: int) -> None:
         if progress_bar is not None:
@@ -226,39 +385,70 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
             progress_bar.n = done
             progress_bar.refresh()
 
+    def on_batch(step: int) -> None:  # the detector's state curves: threshold, queues, churn at every batch
+        audit_logger.log_state(guard.snapshot(), step=step, save_snapshot=False)
+
     screener = Screener(guard, screen_config, dicom_config, audit_logger, on_progress,
-                        checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)})
-    failed = True
-    try:
-        result = screener.run(studies_dir)
-        failed = False
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        if progress_bar is not None:
-            progress_bar.close()
-        if audit_logger is not None:
-            delivered = audit_logger.finish("FAILED" if failed else "FINISHED")
-            tracking = audit_logger.config.resolved_tracking_uri()
-            run_info = {"MLflow run": f"{audit_logger.run_id} in experiment {experiment!r} at {tracking}",
-                        "open it with": "tanl-guard ui" + ("" if tracking_uri is None else f" --tracking-uri {tracking}")}
-            if not delivered:
-                pending = audit_logger.pending.get("records", 0)
-                run_info["audit"] = f"MLflow unreachable: {pending} records kept in the local journal, sent on the next run"
+                        checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)},
+                        on_batch=on_batch if audit_logger is not None else None)
+    run_info: dict[str, Any] = {}
+    with _Signals() as signals:
+        signals.attach(screener)
+        try:
+            result = screener.run(studies_dir)
+        except BaseException as exc:
+            if progress_bar is not None:
+                progress_bar.close()
+            if audit_logger is not None:
+                audit_logger.fail(exc)
+                click.echo(f"audit run {audit_logger.run_id or audit_logger.run_key} ended FAILED "
+                           f"({type(exc).__name__}); its journal is released", err=True)
+            if isinstance(exc, (ValueError, RuntimeError, OSError)):
+                raise click.ClickException(str(exc)) from exc
+            raise
+    if progress_bar is not None:
+        progress_bar.close()
+    stopped = signals.received if result.stopped else None
+    if audit_logger is not None:
+        if stopped is not None:
+            delivered = audit_logger.finish("KILLED", reason=signal.Signals(stopped).name)
+        else:
+            delivered = audit_logger.finish("FINISHED")
+        tracking = audit_logger.config.resolved_tracking_uri()
+        run_info = {"MLflow run": f"{audit_logger.run_id} in experiment {experiment!r} at {tracking}",
+                    "open it with": "tanl-guard ui" + ("" if tracking_uri is None else f" --tracking-uri {tracking}")}
+        if not delivered:
+            pending = audit_logger.pending.get("records", 0)
+            run_info["audit"] = f"MLflow unreachable: {pending} records kept in the local journal, sent on the next run"
 
     lines = result.lines()
-    if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    if as_json:
-        for line in lines:
-            click.echo(json.dumps(line))
-    else:
-        _print_summary(result, guard, run_info)
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    report_error = None
+    if report_file is not None:
+        try:
+            report_file.write(text)
+        except OSError as exc:
+            report_error = exc
+    if as_json or report_error is not None:  # never drop computed verdicts: stdout gets them if the report failed
+        click.echo(text, nl=False)
+    if not as_json:
+        _print_summary(result, guard, run_info, studies_dir)
+    if result.found == 0:
+        click.echo(f"nothing was screened: no DICOM study was found under {studies_dir}", err=True)
+    if stopped is not None:
+        click.echo(f"stopped by {signal.Signals(stopped).name} after {len(result.studies)} of {result.found} "
+                   f"studies; checkpoint {state_path}; continue with --resume", err=True)
+    if report_error is not None:
+        raise click.ClickException(f"could not write the report ({report_error.strerror or report_error}); "
+                                   "the verdicts went to stdout instead")
+    if stopped is not None:
+        sys.exit(EXIT_SIGTERM if stopped == signal.SIGTERM else EXIT_SIGINT)
     counts = result.counts()
     if fail_on_reject and counts["reject"]:
         sys.exit(EXIT_REJECTED)
     unreadable = counts["unreadable"] or counts["orphan_files"] or any(
-        s.verdict == "unreadable" for v in result.studies for s in v.series)
+        s.verdict == "unreadable" for v in result.studies for s in v.series) or any(v.conflicts for v in result.studies)
     if strict and unreadable:
         sys.exit(EXIT_UNREADABLE)
+    if strict and result.found == 0:
+        sys.exit(EXIT_NOTHING_SCREENED)

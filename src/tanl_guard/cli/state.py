@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import click
 
 __all__ = ["state", "describe_checkpoint"]
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _describe_detector(state: dict) -> dict:
@@ -56,15 +59,38 @@ def state() -> None:
 @click.argument("source", default="tanl_guard_state.pt")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="Where to find SOURCE when it is an MLflow run id.")
 def show(source: str, tracking_uri: str | None) -> None:
-    """Show a checkpoint file, or the final state of an MLflow run (SOURCE = file path or run id)."""
-    from ..pipeline import load_checkpoint
+    """Show a checkpoint or saved state: a file, or the saved state (state/final.pt) of an MLflow run.
+
+    SOURCE is a file path, or the 32-character id of a run made by `screen` or the MONAI handler. The file's
+    signature is verified with this installation's secret first; an altered or foreign file is refused (exit 1).
+    Nothing is created: a store or journal that does not exist is reported, not made.
+    """
+    import shutil
+
+    from ..pipeline.checkpoint import CHECKPOINT_FORMAT, GUARD_STATE_FORMAT, CheckpointError, load_signed
 
     path = Path(source)
+    downloaded = None
     try:
         if not path.exists():
+            if not _RUN_ID.fullmatch(source):
+                raise click.ClickException(f"no state file {source} (and it is not an MLflow run id)")
             from ..integrations.mlflow import download_state
 
-            path = download_state(source, tracking_uri)
-        click.echo(json.dumps(describe_checkpoint(load_checkpoint(path)), indent=2, default=str))
-    except (ValueError, LookupError, OSError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+            path = downloaded = download_state(source, tracking_uri)
+        payload = load_signed(path)
+        if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, GUARD_STATE_FORMAT):
+            raise CheckpointError(f"{path.name} is not a tanl-guard state file")
+        try:
+            description = describe_checkpoint(payload)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{path.name} is not a complete state file ({type(exc).__name__}: {exc})") from None
+        click.echo(json.dumps(description, indent=2, default=str))
+    except click.ClickException:
+        raise
+    except Exception as exc:  # one line for every failure: bad file, unknown run, store down
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise click.ClickException(message) from None
+    finally:
+        if downloaded is not None:
+            shutil.rmtree(downloaded.parent, ignore_errors=True)

@@ -4,18 +4,19 @@ combination and de-duplication, prompts, a cached embedding, and selection again
 
 from __future__ import annotations
 
-from tanl_guard.corpora.cache import CacheWarning, cache_path, default_cache_dir, embed_corpus
+from tanl_guard.corpora.cache import PART_SIZE, CacheWarning, cache_path, default_cache_dir, embed_corpus
 from tanl_guard.corpora.corpus import KINDS, Corpus, combine_corpora, label_variants, normalize_label
 from tanl_guard.corpora.dicom_concepts import dicom_groups, load_dicom_concepts
 from tanl_guard.corpora.prompts import default_templates
 from tanl_guard.corpora.report import build_corpus_report, format_corpus
-from tanl_guard.corpora.select import drop_near_id, max_similarity_to_id, select_negatives
+from tanl_guard.corpora.select import drop_near_id, max_similarity_to_id
 from tanl_guard.corpora.spec import load_corpus
 from tanl_guard.corpora.user import load_user_corpus, read_label_file
 from tanl_guard.corpora.wordnet import load_wordnet
 
 __all__ = [
     "KINDS",
+    "PART_SIZE",
     "Corpus",
     "CacheWarning",
     "build_corpus_report",
@@ -35,5 +36,4 @@ __all__ = [
     "max_similarity_to_id",
     "normalize_label",
     "read_label_file",
-    "select_negatives",
 ]

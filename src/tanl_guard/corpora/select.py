@@ -1,15 +1,16 @@
 # Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
-"""Corpus selection against the ID anchors with the encoder in use: NegLabel's distance filter and CSP's
-near-synonym pre-filter. The math lives in :mod:`tanl_guard.selection`."""
+"""Corpus filtering against the ID anchors with the encoder in use: CSP's near-synonym pre-filter.
+
+NegLabel's distance selection is the detectors' own (:mod:`tanl_guard.selection`, applied by the NegLabel and
+AdaNeg detectors), so that there is one rule and one precedence of ``n_select`` over ``share``."""
 
 from __future__ import annotations
 
 import torch
 
 from tanl_guard.corpora.corpus import Corpus
-from tanl_guard.selection import distance_to_id, select_farthest
 
-__all__ = ["select_negatives", "max_similarity_to_id", "drop_near_id"]
+__all__ = ["max_similarity_to_id", "drop_near_id"]
 
 
 def _check(corpus_embeddings: torch.Tensor, corpus: Corpus, id_embeddings: torch.Tensor) -> None:
@@ -17,37 +18,6 @@ def _check(corpus_embeddings: torch.Tensor, corpus: Corpus, id_embeddings: torch
         raise ValueError(f"expected ({len(corpus)}, D) corpus embeddings, got {tuple(corpus_embeddings.shape)}")
     if id_embeddings.ndim != 2 or id_embeddings.shape[1] != corpus_embeddings.shape[1] or id_embeddings.shape[0] == 0:
         raise ValueError(f"expected (C, {corpus_embeddings.shape[1]}) ID embeddings, got {tuple(id_embeddings.shape)}")
-
-
-def select_negatives(
-    corpus_embeddings: torch.Tensor,
-    corpus: Corpus,
-    id_embeddings: torch.Tensor,
-    share: float | None = 0.15,
-    n_select: int | None = None,
-    quantile: float = 0.95,
-) -> torch.Tensor:
-    """NegLabel's static negative set: the labels farthest from the ID set, chosen separately within each kind.
-
-    Distance of a label = the ``quantile`` of its cosine similarities to the ID embeddings (smaller = farther).
-    Used for NegLabel's and AdaNeg's static set; TANL itself searches the whole de-duplicated pool.
-
-    Args:
-        corpus_embeddings: (N, D) unit-norm, row i for ``corpus.labels[i]`` (from :func:`embed_corpus`).
-        corpus: the corpus (its kinds group the selection: nouns and adjectives separately).
-        id_embeddings: (C, D) unit-norm ID anchors from the same encoder.
-        share: keep this fraction of every kind (NegLabel official: 0.15). Ignored when ``n_select`` is given.
-        n_select: keep this many in total, split over kinds in proportion to their sizes (OpenOOD-VLM: 10,000).
-        quantile: eta of the distance (0.95).
-
-    Returns:
-        Sorted (ascending) indices into the corpus.
-    """
-    _check(corpus_embeddings, corpus, id_embeddings)
-    distances = distance_to_id(corpus_embeddings.float(), id_embeddings.float().to(corpus_embeddings.device), quantile)
-    if n_select is not None:
-        share = None
-    return select_farthest(distances, n_select=n_select, share=share, kinds=corpus.kind_ids().to(distances.device))
 
 
 def max_similarity_to_id(

@@ -74,7 +74,10 @@ def _compare(demo, report: Path) -> None:
     for o in scan.outcomes:  # sorted by path: a study is named after its first file
         if o.study_key:
             name_of.setdefault(o.study_key, o.rel_path.split("/")[0])
+    from ..guard import count_studies
+
     verdicts = [json.loads(line) for line in report.read_text().splitlines()]
+    counts = count_studies(verdicts)  # the one study count, as in the screen summary and `audit summary`
     print("\nWhat each input is, and what the guard said (surrogate encoder: a demo, not a medical model):")
     print(f"  {'input':<18} {'from':<32} {'is':<7} {'verdict':<11} {'id_score':>8}")
     right = total = 0
@@ -89,7 +92,9 @@ def _compare(demo, report: Path) -> None:
         if kind in ("id", "ood") and v["verdict"] in ("accept", "reject"):
             total += 1
             right += (kind == "id") == (v["verdict"] == "accept")
-    print(f"\n  {right} of {total} readable studies judged as their kind.")
+    print(f"\n  {counts.studies} studies: {counts.accept} accepted, {counts.reject} rejected, {counts.unreadable} "
+          f"unreadable; {counts.orphan_files} unreadable file(s) outside any study.")
+    print(f"  {right} of {total} readable studies judged as their kind.")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,16 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["LabelBank", "DetectorStep", "Detector", "LabelDetector", "MIN_GEMM_ROWS"]
+__all__ = ["LabelBank", "DetectorStep", "Detector", "LabelDetector", "MIN_GEMM_ROWS", "UNIT_NORM_TOLERANCE"]
 
 # Matrix products over fewer rows take other BLAS kernels whose rounding differs (seen with MKL below 16 rows).
 # Padding every product to at least this many rows makes a sample's logits independent of its batch, which is
 # what lets a detector rebuild its caches from saved embeddings and continue bit-identically.
 MIN_GEMM_ROWS = 16
+
+# Encoders L2-normalise in float32 (|norm - 1| ~ 1e-7) or in half precision (~1e-3); anything farther from 1 is not
+# an embedding (an all-zero row, raw features, a scaled or corrupted vector).
+UNIT_NORM_TOLERANCE = 1e-2
 
 
 def _check_matrix(name: str, x: Any, dim: int | None = None) -> torch.Tensor:
@@ -105,20 +109,49 @@ class LabelBank:
         return self._fingerprint
 
     def prepare(self, features: Any, name: str = "image_features") -> torch.Tensor:
-        """Validate a (B, D) batch (B >= 1, finite) and move it to the bank's dtype and device."""
+        """Validate a (B, D) batch and move it to the bank's dtype and device.
+
+        Every row must be finite, representable in the bank's dtype and unit-norm within
+        ``UNIT_NORM_TOLERANCE`` (encoders L2-normalise their outputs; float16/bfloat16 outputs pass too). An
+        all-zero row, raw unnormalised features or overflowing values raise ValueError, so nothing reaches a
+        detector's state.
+        """
         features = _check_matrix(name, features, self.dim)
         if features.shape[0] == 0:
             raise ValueError(f"{name} is an empty batch")
-        return features.to(device=self.device, dtype=self.dtype)
+        converted = features.to(device=self.device, dtype=self.dtype)
+        if converted is not features and not bool(torch.isfinite(converted).all()):
+            raise ValueError(f"{name} has values outside the range of {self.dtype} (the label embeddings' dtype)")
+        # float32 or wider: overflowing squares become inf and fail the check as they should
+        norms = torch.linalg.vector_norm(converted, dim=1, dtype=torch.promote_types(converted.dtype, torch.float32))
+        off = ~((norms - 1.0).abs() <= UNIT_NORM_TOLERANCE)
+        if bool(off.any()):
+            row = int(torch.nonzero(off)[0])
+            raise ValueError(
+                f"{name} must be unit-norm embeddings (L2 norm 1 within {UNIT_NORM_TOLERANCE}); row {row} has norm "
+                f"{float(norms[row]):.6g} ({int(off.sum())} of {len(norms)} rows off)"
+            )
+        return converted
 
     def logits(self, features: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """``(kappa * V) @ W.T`` over all C + N labels (or the given columns), batch-independent per row."""
         weights = self.weights if columns is None else self.weights[columns]
-        scaled = self.logit_scale * features
-        rows = scaled.shape[0]
-        if rows < MIN_GEMM_ROWS:
-            scaled = torch.cat([scaled, scaled.new_zeros(MIN_GEMM_ROWS - rows, scaled.shape[1])])
+        return _padded_product(self.logit_scale * features, weights)
+
+    def _logits_into(self, features: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` over all labels, written into ``out`` (at least ``max(B, MIN_GEMM_ROWS)`` rows)."""
+        return _padded_product(self.logit_scale * features, self.weights, out)
+
+
+def _padded_product(scaled: torch.Tensor, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``scaled @ weights.T`` over at least ``MIN_GEMM_ROWS`` rows (zero rows appended), cut back to the input's."""
+    rows = scaled.shape[0]
+    if rows < MIN_GEMM_ROWS:
+        scaled = torch.cat([scaled, scaled.new_zeros(MIN_GEMM_ROWS - rows, scaled.shape[1])])
+    if out is None:
         return (scaled @ weights.T)[:rows]
+    torch.mm(scaled, weights.T, out=out[: scaled.shape[0]])
+    return out[:rows]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,7 @@
 Our own implementation of the method as the authors' ``actneg`` postprocessor (OpenOOD-VLM) computes it, in the
 order of operations of its Sec. 3.7 / 9, with three engineering changes that do not change a result:
 
-* the activation-aware score in closed form (a running log-sum-exp, float64) instead of M softmaxes;
+* the activation-aware score in closed form (float64 prefix sums) instead of M softmaxes;
 * the queues keep the admitted embeddings as their state and the activation rows only as a rebuildable cache;
 * top-M with ``torch.topk`` (O(N)) instead of a full sort.
 """
@@ -16,16 +16,18 @@ from typing import Any
 
 import torch
 
+from .._threads import intra_op_threads, machine_is_busy
 from ..config import TANLConfig, config_from_dict, config_to_dict
 from ..queue import ActivationQueue
-from ..scores import activation_aware_score
+from ..scores import _id_lse, _score_from_id_lse, activation_aware_score
 from ..threshold import otsu_threshold
-from .base import DetectorStep, LabelDetector
+from .base import MIN_GEMM_ROWS, DetectorStep, LabelDetector
 
 __all__ = ["TANLStep", "TANLDetector"]
 
 _STATE_FORMAT = 1
 _ROW_CHUNK = 256  # rows per product when building activation rows, to bound memory at ImageNet scale
+_MAX_RUNS = 3  # runs of consecutive admitted images softmaxed in place; more are gathered first (two calls)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +63,35 @@ def _check_admission(admit: Any, n: int, device: torch.device) -> tuple[torch.Te
     if bool((masks[0] & masks[1]).any()):
         raise ValueError("admit: an image cannot be admitted as both confident ID and confident OOD")
     return masks[0], masks[1]
+
+
+class _Workspace:
+    """Buffers a step reuses from batch to batch instead of allocating (and page-faulting) them every time.
+
+    ``logits`` holds the (B, C + N) product and ``probs`` the softmax rows of the admitted images only (confident ID
+    first, then confident OOD, each in batch order). At C + N = 71,000 and B = 256 in float32 they hold 139 MiB.
+    """
+
+    def __init__(self, rows: int, n_labels: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.rows = rows
+        self.logits = torch.empty(rows, n_labels, dtype=dtype, device=device)
+        self.probs = torch.empty(rows, n_labels, dtype=dtype, device=device)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.logits, self.probs))
+
+
+def _runs(index: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(source start, destination start, length) of the runs of consecutive values in a 1-D index tensor."""
+    values = index.tolist()
+    runs: list[tuple[int, int, int]] = []
+    for position, value in enumerate(values):
+        if runs and value == runs[-1][0] + runs[-1][2]:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((value, position, 1))
+    return runs
 
 
 class TANLDetector(LabelDetector):
@@ -129,9 +160,72 @@ class TANLDetector(LabelDetector):
     def _top_m(self, activation_difference: torch.Tensor) -> torch.Tensor:
         return torch.topk(activation_difference, self.n_negatives, largest=True, sorted=True).indices
 
-    def _score(self, logits: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    _workspace: _Workspace | None = None
+
+    def _buffers(self, batch: int) -> _Workspace:
+        """The reused step buffers, grown (never shrunk) to hold a batch of this size."""
+        rows = max(batch, MIN_GEMM_ROWS)
+        ws = self._workspace
+        bank = self.bank
+        if ws is None or ws.rows < rows or ws.logits.dtype != bank.dtype or ws.logits.device != bank.device:
+            self._workspace = None  # free the old buffers before allocating the new ones
+            ws = self._workspace = _Workspace(rows, bank.n_id + bank.n_corpus, bank.dtype, bank.device)
+        return ws
+
+    def _admitted_activations(
+        self, ws: _Workspace, logits: torch.Tensor, index: torch.Tensor, threads: int
+    ) -> torch.Tensor:
+        """(k, N) activation rows of the images ``index`` in that order: the softmax of those rows only.
+
+        Softmax is row-wise, so a row's probabilities do not depend on which other rows are computed with it. A
+        few runs of consecutive images are read in place; otherwise the rows are gathered and transformed in
+        place. The softmax runs on ``threads`` intra-op threads.
+        """
+        if logits.device.type != "cpu":  # an allocation costs nothing there: no in-place transform
+            return torch.softmax(torch.index_select(logits, 0, index), dim=1)[:, self.bank.n_id :]
+        runs = _runs(index)
+        if len(runs) <= _MAX_RUNS:
+            with intra_op_threads(threads):
+                for source, target, length in runs:
+                    torch.softmax(logits[source : source + length], dim=1, out=ws.probs[target : target + length])
+        else:
+            rows = ws.probs[: index.numel()]
+            torch.index_select(logits, 0, index, out=rows)
+            with intra_op_threads(threads):
+                torch.softmax(rows, dim=1, out=rows)  # in place: each value is read before it is written
+        return ws.probs[: index.numel(), self.bank.n_id :]
+
+    def _gather_negatives(
+        self,
+        logits: torch.Tensor,
+        selected: torch.Tensor,
+        known: torch.Tensor | None = None,
+        known_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, M) logits of the selected corpus labels, in rank order.
+
+        Columns already gathered for ``known`` (``known_logits``, small and cache-resident) are copied from there;
+        only the others are read from the (B, C + N) logits, which costs a cache miss per value.
+        """
         n_id = self.bank.n_id
-        return activation_aware_score(logits[:, :n_id], logits[:, n_id + selected], self.config.score_step)
+        if known is None or known_logits is None or known.numel() == 0:
+            return torch.index_select(logits, 1, n_id + selected)
+        ordered, order = torch.sort(known)
+        at = torch.searchsorted(ordered, selected).clamp_(max=known.numel() - 1)
+        found = ordered[at] == selected
+        source = order[at]
+        missing = torch.nonzero(~found).flatten()
+        source[missing] = known.numel() + torch.arange(missing.numel(), device=source.device)
+        extra = torch.index_select(logits, 1, n_id + selected[missing])
+        return torch.index_select(torch.cat([known_logits, extra], dim=1), 1, source)
+
+    @staticmethod
+    def _top_of(selected: torch.Tensor, negative_logits: torch.Tensor, k: int) -> torch.Tensor | None:
+        """:meth:`top_negatives` from the already gathered logits of the selected labels."""
+        k = min(k, int(selected.numel()))
+        if k == 0:
+            return None
+        return selected[torch.topk(negative_logits, k, dim=1).indices]
 
     @property
     def queue_sizes(self) -> tuple[int, int]:
@@ -202,43 +296,63 @@ class TANLDetector(LabelDetector):
                 admission into the queues (and the batch-adaptive means), e.g. the verdicts of a feature gate
                 fit on reference ID images; None keeps the paper's rule. The threshold and history are kept as usual.
         """
-        features = self.bank.prepare(image_features)
+        # A step is one big product, one softmax and many small operations. On a busy machine every parallel region
+        # of the small ones waits for a descheduled thread, so they run on one thread there. Column means over rows
+        # (queue and batch means) add up in an order that depends on the thread count: they always run with the
+        # configured threads, so a busy machine and an idle one give the same bits.
+        threads = torch.get_num_threads()
+        small = 1 if machine_is_busy() else threads
+        with intra_op_threads(small):
+            features = self.bank.prepare(image_features)
         admit = None if admit is None else _check_admission(admit, features.shape[0], features.device)
         if not self._ready:
             self.reset()
-        cfg, n_id = self.config, self.bank.n_id
-
-        logits = self.bank.logits(features)  # (B, C + N)
-        activations = torch.softmax(logits, dim=1)[:, n_id:]  # (B, N)
-        predictions = logits[:, :n_id].argmax(dim=1)
-
+        cfg, n_id, dtype = self.config, self.bank.n_id, self.bank.dtype
+        ws = self._buffers(features.shape[0])
+        logits = self.bank._logits_into(features, ws.logits)  # (B, C + N), in the reused buffer
         mean_pos, mean_neg = self._pos.mean(), self._neg.mean()
-        first_pass = self._score(logits, self._top_m(mean_neg - mean_pos))
+        with intra_op_threads(small):
+            predictions = logits[:, :n_id].argmax(dim=1)
+            id_lse = _id_lse(logits[:, :n_id])  # shared by both passes
+            first_selected = self._top_m(mean_neg - mean_pos)
+            first_negatives = self._gather_negatives(logits, first_selected)
+            first_pass = _score_from_id_lse(id_lse, first_negatives, cfg.score_step, dtype)
 
-        history = torch.cat([self.history, first_pass])[-cfg.history_len :]
-        threshold = otsu_threshold(history)
-        confident_id = first_pass > threshold + cfg.gap * (1.0 - threshold)
-        confident_ood = first_pass < threshold - cfg.gap * threshold
-        if admit is not None:
-            confident_id, confident_ood = admit
+            history = torch.cat([self.history, first_pass])[-cfg.history_len :]
+            threshold = otsu_threshold(history)
+            confident_id = first_pass > threshold + cfg.gap * (1.0 - threshold)
+            confident_ood = first_pass < threshold - cfg.gap * threshold
+            if admit is not None:
+                confident_id, confident_ood = admit
 
-        # Batch-adaptive means (Eq. 11-14): mix in this batch's confident samples, per side, only if it has some.
-        pos_rows, neg_rows = activations[confident_id], activations[confident_ood]  # copied once, pushed below
-        if pos_rows.shape[0]:
-            mean_pos = cfg.alpha * mean_pos + (1.0 - cfg.alpha) * pos_rows.mean(dim=0)
-        if neg_rows.shape[0]:
-            mean_neg = cfg.alpha * mean_neg + (1.0 - cfg.alpha) * neg_rows.mean(dim=0)
-        selected = self._top_m(mean_neg - mean_pos)
-        scores = self._score(logits, selected)
-        top_negatives = self.top_negatives(logits, selected, cfg.explain_top_k)
+            # Only admitted images need their activation rows: the softmax runs over those rows alone.
+            pos_index, neg_index = torch.nonzero(confident_id).flatten(), torch.nonzero(confident_ood).flatten()
+            n_pos = pos_index.numel()
+            admitted = self._admitted_activations(ws, logits, torch.cat([pos_index, neg_index]), threads)
+            pos_rows, neg_rows = admitted[:n_pos], admitted[n_pos:]
+            with intra_op_threads(threads):
+                batch_pos = pos_rows.mean(dim=0) if pos_rows.shape[0] else None
+                batch_neg = neg_rows.mean(dim=0) if neg_rows.shape[0] else None
 
-        # Commit: history and threshold, then the queues (new rows in batch order, the last L kept).
-        self.history, self.threshold, self.selected = history, threshold, selected
-        del logits, activations  # free the (B, C + N) buffers before the queues copy their rows
-        self._pos.push(features[confident_id], pos_rows)
-        self._neg.push(features[confident_ood], neg_rows)
-        self.n_steps += 1
-        self.n_seen += int(features.shape[0])
+            # Batch-adaptive means (Eq. 11-14): mix in this batch's confident samples, per side, only if it has some.
+            if batch_pos is not None:
+                mean_pos = cfg.alpha * mean_pos + (1.0 - cfg.alpha) * batch_pos
+            if batch_neg is not None:
+                mean_neg = cfg.alpha * mean_neg + (1.0 - cfg.alpha) * batch_neg
+            selected = self._top_m(mean_neg - mean_pos)
+            if torch.equal(selected, first_selected):  # same selection, same score: skip the second pass
+                negatives, scores = first_negatives, first_pass.clone()
+            else:
+                negatives = self._gather_negatives(logits, selected, first_selected, first_negatives)
+                scores = _score_from_id_lse(id_lse, negatives, cfg.score_step, dtype)
+            top_negatives = self._top_of(selected, negatives, cfg.explain_top_k)
+
+            # Commit: history and threshold, then the queues (new rows in batch order, the last L kept).
+            self.history, self.threshold, self.selected = history, threshold, selected
+            self._pos.push(features[pos_index], pos_rows)
+            self._neg.push(features[neg_index], neg_rows)
+            self.n_steps += 1
+            self.n_seen += int(features.shape[0])
         return TANLStep(
             scores=scores,
             predictions=predictions,

@@ -3,13 +3,15 @@
 
 Patient names, IDs, birth dates and raw UIDs never leave this package: studies, series, instances and paths are
 identified by salted hashes (see :mod:`tanl_guard.dicom.privacy`). Relative file paths are available on request
-only, since real exports may carry names in folder or file names.
+only, since real exports may carry names in folder or file names. Outcome details use a closed vocabulary
+(:mod:`tanl_guard.dicom.vocabulary`), and every read is bounded (:mod:`tanl_guard.dicom.header`,
+:mod:`tanl_guard.dicom.inflate`, :mod:`tanl_guard.dicom.codestream`).
 """
 
 from __future__ import annotations
 
 from tanl_guard.dicom.config import DicomScanConfig
-from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason
+from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason, ReasonError
 from tanl_guard.dicom.privacy import resolve_salt
 from tanl_guard.dicom.records import InstanceRecord, ScanResult, SeriesRecord, StudyRecord
 from tanl_guard.dicom.scan import scan_files, scan_folder
@@ -29,6 +31,7 @@ __all__ = [
     "FileStatus",
     "InstanceRecord",
     "Reason",
+    "ReasonError",
     "ScanResult",
     "SeriesRecord",
     "SeriesViews",

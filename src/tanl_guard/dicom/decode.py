@@ -9,41 +9,38 @@ from typing import Any
 
 import numpy as np
 
-from tanl_guard.dicom.outcomes import Reason
+from tanl_guard.dicom.codestream import CODESTREAM_SYNTAXES, check_codestreams
+from tanl_guard.dicom.header import DEFER_BYTES, DEFLATED, native_frame_bytes, read_header
+from tanl_guard.dicom.outcomes import Reason, ReasonError
+from tanl_guard.dicom.vocabulary import Term, detail, errno_name, photometric_term, uid_name
 
-__all__ = ["DecodeError", "decode_frames", "to_unit_range", "missing_decoder_packages"]
+__all__ = ["DecodeError", "decode_frames", "reduce_frame", "to_unit_range", "missing_decoder_packages"]
 
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-                "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 _J2K_FAMILY = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
                "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
 _WHOLE_READ_LIMIT = 256 * 1024 * 1024
 _FG_TAGS = [0x52009229, 0x52009230]  # Shared / Per-frame Functional Groups Sequence (Enhanced objects)
+_PACKAGES = {"gdcm": "python-gdcm (Apache-2.0)", "pyjpegls": "pyjpegls", "pillow": "pillow"}
 
 
-class DecodeError(Exception):
+class DecodeError(ReasonError):
     """A file's pixels could not be decoded; carries the reason category for the file's outcome.
 
     Args:
         reason: the reason category.
-        detail: a short explanation.
+        detail: a phrase from the closed vocabulary (:mod:`tanl_guard.dicom.vocabulary`).
     """
 
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
-
-def _plugin_package(plugin: str, ts: str) -> str:
+def _plugin_package(plugin: str, ts: str) -> Term | None:
     if plugin == "pylibjpeg":
         if ts in _J2K_FAMILY:
-            return "pylibjpeg-openjpeg"
+            return Term("pylibjpeg-openjpeg")
         if ts == "1.2.840.10008.1.2.5":
-            return "pylibjpeg-rle"
-        return "pylibjpeg-libjpeg (GPL-3.0)"
-    return {"gdcm": "python-gdcm (Apache-2.0)", "pyjpegls": "pyjpegls", "pillow": "pillow"}.get(plugin, plugin)
+            return Term("pylibjpeg-rle")
+        return Term("pylibjpeg-libjpeg (GPL-3.0)")
+    name = _PACKAGES.get(plugin)
+    return Term(name) if name else None
 
 
 def missing_decoder_packages(ts: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -61,27 +58,35 @@ def missing_decoder_packages(ts: str, allowed: tuple[str, ...] | None = None) ->
         names += [p for p in dec.available_plugins if p not in allowed]
     if ts == "1.2.840.10008.1.2.4.51":  # 12-bit JPEG: only libjpeg decodes it (gdcm did not, in tests)
         names.sort(key=lambda n: n != "pylibjpeg")
-    return [_plugin_package(n, ts) for n in dict.fromkeys(names)]
+    packages = [_plugin_package(n, ts) for n in dict.fromkeys(names)]
+    return [p for p in packages if p is not None]
 
 
 def _missing(ts: str, allowed: tuple[str, ...] | None, why: str) -> DecodeError:
-    from pydicom.uid import UID
-
     pkgs = missing_decoder_packages(ts, allowed)
-    hint = f"; install one of: {', '.join(pkgs)} (pip install 'tanl-guard[codecs]')" if pkgs else ""
-    return DecodeError(Reason.MISSING_DECODER, f"{why} for {UID(ts).name}{hint}")
+    if pkgs:
+        hint = detail("; install one of: {p} (pip install 'tanl-guard[codecs]')", p=Term(", ".join(pkgs)))
+    else:
+        hint = ""
+    return DecodeError(Reason.MISSING_DECODER, detail(why + " for {ts}", ts=uid_name(ts)) + hint)
 
 
 def _classify(exc: BaseException, ts: str, allowed: tuple[str, ...] | None) -> DecodeError:
-    """Map a pydicom/codec exception to a reason category."""
+    """Map a pydicom/codec exception to a reason category. The exception's text only chooses the category: it
+    never reaches the detail (it can hold paths and header values)."""
     if isinstance(exc, DecodeError):
         return exc
-    msg = " ".join(str(exc).split())
-    low = msg.lower()
+    if isinstance(exc, ReasonError):
+        return DecodeError(exc.reason, exc.detail)
+    low = " ".join(str(exc).split()).lower()
     if isinstance(exc, MemoryError):
         return DecodeError(Reason.IMAGE_TOO_LARGE, "out of memory while decoding")
+    if isinstance(exc, PermissionError):
+        return DecodeError(Reason.PERMISSION_DENIED, "permission denied when opening the file to decode it")
+    if isinstance(exc, FileNotFoundError):
+        return DecodeError(Reason.IO_ERROR, "the file disappeared between the scan and the decoding")
     if isinstance(exc, NotImplementedError):
-        return DecodeError(Reason.MISSING_DECODER, msg[:200])
+        return DecodeError(Reason.MISSING_DECODER, detail("pydicom has no decoder for {ts}", ts=uid_name(ts)))
     if "missing dependencies" in low:
         return _missing(ts, allowed, "no installed decoder")
     if "exceptions were raised by all available plugins" in low:
@@ -93,12 +98,22 @@ def _classify(exc: BaseException, ts: str, allowed: tuple[str, ...] | None) -> D
         return _missing(ts, allowed, "installed decoders cannot decode this variant")
     if any(k in low for k in ("too short", "truncat", "not enough", "reshape", "insufficient", "expected length",
                               "no more", "end of file", "unexpected eof", "fewer frames", "frame index")):
-        return DecodeError(Reason.TRUNCATED_PIXEL_DATA, msg[:200])
+        return DecodeError(Reason.TRUNCATED_PIXEL_DATA, "the pixel data end before the frames the header declares")
     if "exceptions were raised by all available plugins" in low or "decompression bomb" in low:
-        return DecodeError(Reason.CORRUPT_CODESTREAM, msg[:200])
+        return DecodeError(Reason.CORRUPT_CODESTREAM, "every installed decoder failed on the codestream")
     if isinstance(exc, (AttributeError, KeyError, TypeError)):
-        return DecodeError(Reason.INVALID_FILE, msg[:200])
-    return DecodeError(Reason.DECODE_ERROR, f"{type(exc).__name__}: {msg[:200]}")
+        return DecodeError(Reason.INVALID_FILE, "image attributes needed for decoding are missing or invalid")
+    if isinstance(exc, OSError):
+        return DecodeError(Reason.IO_ERROR, detail("the file could not be read ({e})", e=errno_name(exc)))
+    return DecodeError(Reason.DECODE_ERROR, detail("the decoder failed ({kind})", kind=Term(_kind(exc))))
+
+
+def _kind(exc: BaseException) -> str:
+    """A coarse, fixed name of the exception's kind (never its text)."""
+    for base in (ValueError, RuntimeError, IndexError, ArithmeticError, AssertionError):
+        if isinstance(exc, base):
+            return base.__name__
+    return "other error"
 
 
 def _plugins_to_try(ts: str, allowed: tuple[str, ...] | None) -> list[str]:
@@ -108,9 +123,7 @@ def _plugins_to_try(ts: str, allowed: tuple[str, ...] | None) -> list[str]:
     try:
         dec = get_decoder(ts)
     except NotImplementedError:
-        from pydicom.uid import UID
-
-        raise DecodeError(Reason.MISSING_DECODER, f"pydicom has no decoder for {UID(ts).name}") from None
+        raise DecodeError(Reason.MISSING_DECODER, detail("pydicom has no decoder for {ts}", ts=uid_name(ts))) from None
     if dec.is_native or allowed is None:
         return [""]
     usable = [p for p in dec.available_plugins if p in allowed]
@@ -120,11 +133,15 @@ def _plugins_to_try(ts: str, allowed: tuple[str, ...] | None) -> list[str]:
 
 
 def decode_frames(
-    path: Path, transfer_syntax: str, frames: list[int], allowed: tuple[str, ...] | None = None, forced: bool = False
+    path: Path, transfer_syntax: str, frames: list[int], allowed: tuple[str, ...] | None = None, forced: bool = False,
+    expected: tuple[int, int, int] | None = None, max_header_bytes: int = 32 << 20, max_header_elements: int = 200_000,
+    max_side: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode the given frames of one file, each mapped to float32 in [0, 1].
 
-    Reads only what the frames need: pydicom reads the header up to Pixel Data and decodes the indexed frames.
+    Reads only what the frames need: pydicom reads the header up to Pixel Data and decodes the indexed frames. A
+    deflated dataset is inflated as a stream, keeping only the requested frames. Encapsulated frames are checked
+    against ``expected`` before any decoder runs (see :func:`check_codestreams`).
 
     Args:
         path: the file (opened read-only).
@@ -132,35 +149,45 @@ def decode_frames(
         frames: 0-based frame indices, ascending.
         allowed: decoder plugin allow-list (``None``: any installed plugin).
         forced: the file has no file meta; pass the transfer syntax explicitly.
+        expected: ``(Rows, Columns, Samples per Pixel)`` of the header, for the codestream check (``None``: skip).
+        max_header_bytes: inflated bytes kept before the pixel data of a deflated file.
+        max_header_elements: elements allowed before the pixel data of a deflated file.
+        max_side: reduce each frame by an integer factor so that its longer side is at most this (``None``: keep).
 
     Raises:
         DecodeError: with the reason category when the pixels cannot be decoded.
     """
-    import pydicom
     from pydicom.dataset import Dataset
     from pydicom.pixels import iter_pixels
 
+    try:
+        if expected is not None and transfer_syntax in CODESTREAM_SYNTAXES:
+            check_codestreams(path, expected, forced)
+        plugins = _plugins_to_try(transfer_syntax, allowed)
+    except Exception as exc:
+        raise _classify(exc, transfer_syntax, allowed) from None
     errors: list[DecodeError] = []
-    for plugin in _plugins_to_try(transfer_syntax, allowed):
+    for plugin in plugins:
         out: list[tuple[int, np.ndarray]] = []
         try:
-            if transfer_syntax == _DEFLATED:  # the pixel data sits inside the deflated stream: read it all
-                hdr = pydicom.dcmread(path)
-                source: Any = hdr
-                kwargs: dict[str, Any] = {}
+            if transfer_syntax == DEFLATED:  # the pixel data sit inside the deflate stream
+                out = _decode_deflated(path, frames, plugin, max_header_bytes, max_header_elements, max_side)
             else:
                 hdr = Dataset()
-                source = path
-                kwargs = {"ds_out": hdr, "specific_tags": _FG_TAGS}
+                kwargs: dict[str, Any] = {"ds_out": hdr, "specific_tags": _FG_TAGS}
                 if forced:
                     kwargs["transfer_syntax_uid"] = transfer_syntax
-            for frame, arr in zip(frames, iter_pixels(source, indices=frames, decoding_plugin=plugin, **kwargs), strict=False):
-                out.append((frame, to_unit_range(arr, hdr, frame)))
+                pixels = iter_pixels(path, indices=frames, decoding_plugin=plugin, **kwargs)
+                for frame, arr in zip(frames, pixels, strict=False):
+                    out.append((frame, to_unit_range(arr, hdr, frame, max_side)))
+                    del arr
             if len(out) < len(frames):
-                raise DecodeError(Reason.TRUNCATED_PIXEL_DATA, f"decoded {len(out)} of {len(frames)} requested frames")
+                raise DecodeError(Reason.TRUNCATED_PIXEL_DATA,
+                                  detail("decoded {n} of {k} requested frames", n=len(out), k=len(frames)))
         except Exception as exc:  # every codec failure becomes a reason, never an escaping exception
             err = _classify(exc, transfer_syntax, allowed)
-            out = [] if err.reason is Reason.MISSING_DECODER else _decode_whole(path, frames, plugin, forced, transfer_syntax)
+            retry = err.reason not in (Reason.MISSING_DECODER, Reason.IO_ERROR, Reason.PERMISSION_DENIED)
+            out = _decode_whole(path, frames, plugin, forced, transfer_syntax, max_side) if retry else []
             if not out:
                 errors.append(err)
                 continue
@@ -169,22 +196,81 @@ def decode_frames(
     raise errors[0] if len(errors) == 1 else _merge(errors)
 
 
-def _decode_whole(path: Path, frames: list[int], plugin: str, forced: bool, ts: str) -> list[tuple[int, np.ndarray]]:
+def _decode_deflated(path: Path, frames: list[int], plugin: str, max_bytes: int, max_elements: int,
+                     max_side: int | None) -> list[tuple[int, np.ndarray]]:
+    """Inflate a deflated file as a stream and decode the requested frames; memory holds the header (at most
+    ``max_bytes``) and those frames, whatever the stream inflates to."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import iter_pixels
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    with open(path, "rb") as fh:
+        header = read_header(fh, max_bytes=max_bytes, max_elements=max_elements)
+        if not header.has_pixels or header.reader is None:
+            raise DecodeError(Reason.NO_PIXEL_DATA, "no Pixel Data element in the deflated dataset")
+        ds = header.dataset
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        per_frame = native_frame_bytes(int(ds.BitsAllocated), int(ds.Rows), int(ds.Columns),
+                                       int(ds.get("SamplesPerPixel", 1) or 1),
+                                       str(ds.get("PhotometricInterpretation", "") or ""))
+        if count < max(frames) + 1:
+            raise DecodeError(Reason.TRUNCATED_PIXEL_DATA, "a requested frame is beyond Number of Frames")
+        reader = header.reader
+        reader.stream()
+        if per_frame == int(per_frame):  # byte-aligned frames: keep only the requested ones
+            size, pos, chunks = int(per_frame), 0, []
+            for frame in frames:
+                reader.skip(frame * size - pos)
+                chunk = reader.read(size)
+                if len(chunk) < size:
+                    raise DecodeError(Reason.TRUNCATED_PIXEL_DATA, "the deflated pixel data end early")
+                chunks.append(chunk)
+                pos = (frame + 1) * size
+            data, kept, indices = b"".join(chunks), len(frames), list(range(len(frames)))
+        else:  # 1-bit frames that do not end on a byte: keep the frames up to the last one requested
+            kept = max(frames) + 1
+            need = -(-kept * int(per_frame * 8) // 8)
+            data, indices = reader.read(need), list(frames)
+            if len(data) < need:
+                raise DecodeError(Reason.TRUNCATED_PIXEL_DATA, "the deflated pixel data end early")
+    flat = Dataset()
+    # Raw elements, unconverted (``get_item`` would load a deferred value: from the deflated file, i.e. garbage);
+    # deferred ones (value None) are left out.
+    for tag, elem in ds._dict.items():
+        if tag >> 16 != 0x7FE0 and not (getattr(elem, "value", 0) is None and getattr(elem, "length", 0)):
+            flat[tag] = elem
+    flat.file_meta = FileMetaDataset()
+    flat.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if "NumberOfFrames" in ds or kept > 1:
+        flat.NumberOfFrames = kept
+    bits = int(ds.BitsAllocated)
+    flat.add_new(0x7FE00010, "OW" if bits > 8 else "OB", data)
+    del data
+    arrays = iter_pixels(flat, indices=indices, decoding_plugin=plugin)
+    return [(frame, to_unit_range(arr, flat, frame, max_side)) for frame, arr in zip(frames, arrays, strict=False)]
+
+
+def _decode_whole(path: Path, frames: list[int], plugin: str, forced: bool, ts: str,
+                  max_side: int | None) -> list[tuple[int, np.ndarray]]:
     """Second try on a full read: pydicom's dataset path tolerates some encodings the streaming path rejects
-    (e.g. encapsulated pixel data stored with a defined length). Bounded by the header size checks of the scan."""
+    (e.g. encapsulated pixel data stored with a defined length). Bounded by the file size, by the header size
+    checks of the scan and by the codestream check; values over ``DEFER_BYTES`` other than the pixel data are not
+    loaded. Never for deflated files (pydicom would inflate them whole)."""
     import pydicom
     from pydicom.pixels import iter_pixels
 
+    if ts == DEFLATED:
+        return []
     try:
         if path.stat().st_size > _WHOLE_READ_LIMIT:
             return []
-        ds = pydicom.dcmread(path, force=forced)
+        ds = pydicom.dcmread(path, force=forced, defer_size=DEFER_BYTES)
         if forced and "TransferSyntaxUID" not in ds.file_meta:
             ds.file_meta.TransferSyntaxUID = ts
         arrs = list(iter_pixels(ds, indices=frames, decoding_plugin=plugin))
         if len(arrs) < len(frames):
             return []
-        return [(f, to_unit_range(a, ds, f)) for f, a in zip(frames, arrs, strict=True)]
+        return [(f, to_unit_range(a, ds, f, max_side)) for f, a in zip(frames, arrs, strict=True)]
     except Exception:
         return []
 
@@ -257,7 +343,33 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo)
 
 
-def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0) -> np.ndarray:
+def reduce_frame(arr: np.ndarray, max_side: int | None, palette: bool = False) -> np.ndarray:
+    """Reduce a decoded frame by the smallest integer factor k that brings its longer side to ``max_side`` or less.
+
+    Block means of k x k pixels, rounded back to the stored type so that LUTs still apply; palette indices are
+    subsampled instead (a mean of indices means nothing). The encoder resizes to a few hundred pixels anyway; this
+    bounds the float working set of a frame and the memory of the views waiting for a gate batch.
+
+    Args:
+        arr: one decoded frame, (H, W) or (H, W, C).
+        max_side: the longest side allowed (``None`` or ``0``: no reduction).
+        palette: the frame holds palette indices.
+    """
+    if not max_side or arr.ndim < 2:
+        return arr
+    h, w = arr.shape[:2]
+    k = -(-max(h, w) // max_side)
+    if k <= 1:
+        return arr
+    if palette:
+        return np.ascontiguousarray(arr[::k, ::k])
+    hh, ww = h // k * k, w // k * k
+    blocks = arr[:hh, :ww].reshape(hh // k, k, ww // k, k, *arr.shape[2:])
+    mean = blocks.mean(axis=(1, 3))  # a buffered reduction: no full-size float copy
+    return np.rint(mean).astype(arr.dtype) if arr.dtype.kind in "iub" else mean.astype(arr.dtype)
+
+
+def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0, max_side: int | None = None) -> np.ndarray:
     """Map one decoded frame to float32 in [0, 1], (H, W) for monochrome or (H, W, 3) for colour.
 
     Monochrome: modality LUT (rescale or LUT), then VOI LUT or window (first one), else min-max; MONOCHROME1 is
@@ -268,10 +380,12 @@ def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0) -> np.ndarray:
         arr: one decoded frame from pydicom.
         hdr: the dataset holding the Image Pixel, Modality LUT and VOI LUT attributes.
         frame: the frame index (for per-frame functional groups).
+        max_side: first reduce the frame so that its longer side is at most this (see :func:`reduce_frame`).
     """
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
     photometric = str(hdr.get("PhotometricInterpretation", "") or "").upper().strip()
+    arr = reduce_frame(arr, max_side, palette=photometric == "PALETTE COLOR")
     if arr.dtype.kind == "f":  # Float / Double Float Pixel Data: no LUTs apply
         out = _minmax(arr.astype(np.float64))
     elif photometric == "PALETTE COLOR":
@@ -302,5 +416,7 @@ def to_unit_range(arr: np.ndarray, hdr: Any, frame: int = 0) -> np.ndarray:
         if photometric == "MONOCHROME1":
             out = 1.0 - out
     else:
-        raise DecodeError(Reason.UNSUPPORTED_IMAGE, f"unsupported pixel layout {arr.shape} ({photometric or 'no photometric'})")
+        raise DecodeError(Reason.UNSUPPORTED_IMAGE, detail(
+            "unsupported pixel layout: {d} dimensions, {c} values in the last one, {p}",
+            d=arr.ndim, c=int(arr.shape[-1]) if arr.ndim else 0, p=photometric_term(photometric)))
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)

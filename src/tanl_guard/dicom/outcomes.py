@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["FileStatus", "Reason", "FileOutcome"]
+__all__ = ["FileStatus", "Reason", "ReasonError", "FileOutcome"]
 
 
 class FileStatus(str, Enum):
@@ -26,6 +26,8 @@ class Reason(str, Enum):
 
     NOT_DICOM = "not_dicom"
     INVALID_FILE = "invalid_file"
+    TRUNCATED_HEADER = "truncated_header"  # the file ends inside the header (before any pixel data)
+    HEADER_TOO_LARGE = "header_too_large"  # non-pixel data over max_header_bytes / max_header_elements
     TRUNCATED_PIXEL_DATA = "truncated_pixel_data"
     NO_PIXEL_DATA = "no_pixel_data"
     MISSING_DECODER = "missing_decoder"
@@ -41,6 +43,20 @@ class Reason(str, Enum):
     DECODE_ERROR = "decode_error"
 
 
+class ReasonError(Exception):
+    """A file cannot be used; carries the reason category and a detail from the closed vocabulary.
+
+    Args:
+        reason: the reason category.
+        detail: a fixed phrase, possibly filled by :func:`tanl_guard.dicom.vocabulary.detail`.
+    """
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class FileOutcome:
     """The outcome of one file.
@@ -51,7 +67,8 @@ class FileOutcome:
         path_key: salted hash of ``rel_path``.
         status: what happened to the file.
         reason: reason category, ``None`` for ``viewed`` and ``pending``.
-        detail: a short human-readable explanation (no patient data, no absolute paths).
+        detail: a short explanation from the closed vocabulary of :mod:`tanl_guard.dicom.vocabulary` (fixed
+            phrases, numbers, standard names and hashed keys; never a path, a header value or an exception text).
         study_key: salted hash of the Study Instance UID when the file joined a series, else ``None``.
         series_key: salted hash of the Series Instance UID when the file joined a series, else ``None``.
     """

@@ -7,14 +7,18 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason
 
-if TYPE_CHECKING:
-    from tanl_guard.dicom.series_views import SeriesViews
+__all__ = ["InstanceRecord", "SeriesRecord", "StudyRecord", "ScanResult", "HasOutcomes"]
 
-__all__ = ["InstanceRecord", "SeriesRecord", "StudyRecord", "ScanResult"]
+
+class HasOutcomes(Protocol):
+    """Anything that carries final file outcomes (a ``SeriesViews``), for :meth:`ScanResult.resolve`."""
+
+    @property
+    def outcomes(self) -> tuple[FileOutcome, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class SeriesRecord:
         issue_detail: explanation of ``issue``.
         rel_paths: every file of the series that reached grouping (kept, duplicates and rejected), for outcomes.
         root: the scan root the relative paths start from (absolute; used for decoding, never reported).
+        conflicts: 1 for a series made of one file that shares its SOP Instance UID with a file of other content,
+            else 0. Every version of such a UID leaves its series and becomes a one-file series of its own (keyed
+            from the series and the file), so that dedupe hides no image.
     """
 
     series_key: str
@@ -81,16 +88,12 @@ class SeriesRecord:
     issue_detail: str = ""
     rel_paths: tuple[str, ...] = ()
     root: Path = field(default=Path(), repr=False)
+    conflicts: int = 0
 
     @property
     def frame_count(self) -> int:
         """Slices times frames over the instances."""
         return sum(i.frames for i in self.instances)
-
-    @property
-    def declared_pixels(self) -> int:
-        """Rows x Columns x Frames x Samples over the instances, from the headers."""
-        return sum(i.frame_pixels * i.frames for i in self.instances)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class ScanResult:
             sorted(Counter(f"{o.status.value}/{o.reason.value}" for o in self.outcomes if o.reason).items())
         )
 
-    def resolve(self, series_views: Iterable[SeriesViews]) -> ScanResult:
+    def resolve(self, series_views: Iterable[HasOutcomes]) -> ScanResult:
         """Return a copy whose pending outcomes are replaced by those of decoded series.
 
         Args:
@@ -199,6 +202,7 @@ class ScanResult:
                             "instances": len(se.instances),
                             "frames": se.frame_count,
                             "issue": se.issue.value if se.issue else None,
+                            "conflicts": se.conflicts,
                         }
                         for se in st.series
                     ],

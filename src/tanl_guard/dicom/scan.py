@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import struct
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,16 +17,16 @@ from typing import Any
 
 from tanl_guard._optional import optional_import
 from tanl_guard.dicom.config import DicomScanConfig
-from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason
+from tanl_guard.dicom.header import Header, native_frame_bytes, read_header
+from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason, ReasonError
 from tanl_guard.dicom.privacy import Hasher, resolve_salt
+from tanl_guard.dicom.quiet import quiet_pydicom
 from tanl_guard.dicom.records import InstanceRecord, ScanResult, SeriesRecord, StudyRecord
+from tanl_guard.dicom.vocabulary import Term, detail, errno_name, modality_term, uid_name
 
 __all__ = ["scan_folder", "scan_files"]
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UC", b"UR", b"UT"}
-_DEFLATED = "1.2.840.10008.1.2.1.99"
 # Encodings pydicom guesses for forced reads, as transfer syntaxes (for decoding later).
 _ENCODING_TS = {
     (True, True): "1.2.840.10008.1.2",
@@ -46,14 +46,8 @@ class _Header:
     modality: str
     instance: InstanceRecord
     rejected: FileOutcome | None  # a header-level failure: kept out of the series' instances
-
-
-def _sanitize(msg: str, root: Path) -> str:
-    """Short exception text without absolute paths."""
-    text = " ".join(str(msg).split())
-    for prefix in {str(root), str(root.resolve())}:
-        text = text.replace(prefix, "<root>")
-    return text[:300]
+    dataset_offset: int = 0  # where the dataset starts (after preamble and file meta)
+    dataset_bytes: int = 0  # bytes from there to the end of the file
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:
@@ -96,7 +90,8 @@ def _walk(root: Path, follow: bool) -> Iterator[tuple[str, Path | None, FileOutc
             yield skip(rel_dir + "/", FileStatus.UNREADABLE, Reason.PERMISSION_DENIED, "folder cannot be listed")
             continue
         except OSError as exc:
-            yield skip(rel_dir + "/", FileStatus.UNREADABLE, Reason.IO_ERROR, f"folder cannot be listed: {exc.strerror}")
+            yield skip(rel_dir + "/", FileStatus.UNREADABLE, Reason.IO_ERROR,
+                       detail("folder cannot be listed ({e})", e=errno_name(exc)))
             continue
         subdirs: list[tuple[Path, str]] = []
         for entry in entries:
@@ -112,7 +107,7 @@ def _walk(root: Path, follow: bool) -> Iterator[tuple[str, Path | None, FileOutc
                     if exc.errno == errno.ELOOP:
                         yield skip(rel, FileStatus.SKIPPED, Reason.SYMLINK_LOOP, "symbolic link loop")
                     else:
-                        yield skip(rel, FileStatus.UNREADABLE, Reason.IO_ERROR, f"cannot stat: {exc.strerror}")
+                        yield skip(rel, *_stat_failure(exc))
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     key = (st.st_dev, st.st_ino)
@@ -126,24 +121,16 @@ def _walk(root: Path, follow: bool) -> Iterator[tuple[str, Path | None, FileOutc
                 else:  # FIFO, socket, device: never opened (a FIFO would block)
                     yield skip(rel, FileStatus.NOT_DICOM, Reason.NOT_DICOM, "not a regular file")
             except OSError as exc:
-                yield skip(rel, FileStatus.UNREADABLE, Reason.IO_ERROR, f"cannot stat: {exc.strerror}")
+                yield skip(rel, *_stat_failure(exc))
         stack.extend(reversed(subdirs))
 
 
-def _pixel_element(head: bytes, implicit: bool, little: bool) -> tuple[bool, int | None, int]:
-    """Parse the element the header read stopped at: ``(is_pixel_data, value_length_or_None, header_size)``."""
-    if len(head) < 8:
-        return False, None, 0
-    e = "<" if little else ">"
-    group, elem = struct.unpack(f"{e}HH", head[:4])
-    if (group, elem) not in _PIXEL_TAGS:
-        return False, None, 0
-    if implicit:
-        return True, struct.unpack(f"{e}L", head[4:8])[0], 8
-    vr = head[4:6]
-    if vr in _LONG_VRS and len(head) >= 12:
-        return True, struct.unpack(f"{e}L", head[8:12])[0], 12
-    return True, struct.unpack(f"{e}H", head[6:8])[0], 8
+def _stat_failure(exc: OSError) -> tuple[FileStatus, Reason, str]:
+    """Outcome of a file that cannot be stat'ed: a folder without search (x) permission lists its entries but
+    cannot stat them, which is a permission problem, not an I/O error."""
+    if isinstance(exc, PermissionError):
+        return FileStatus.UNREADABLE, Reason.PERMISSION_DENIED, "permission denied (cannot stat)"
+    return FileStatus.UNREADABLE, Reason.IO_ERROR, detail("cannot stat ({e})", e=errno_name(exc))
 
 
 # Tags read straight from the raw elements: pydicom's value conversion costs more than parsing the header.
@@ -226,7 +213,6 @@ class _Scanner:
 
     def read(self, rel: str, path: Path) -> FileOutcome | _Header:
         """Read one file's header; return its final outcome or the header facts for grouping."""
-        import pydicom
         from pydicom.errors import InvalidDicomError
 
         try:
@@ -234,11 +220,12 @@ class _Scanner:
         except PermissionError:
             return self.outcome(rel, FileStatus.UNREADABLE, Reason.PERMISSION_DENIED, "permission denied")
         except OSError as exc:
-            return self.outcome(rel, FileStatus.UNREADABLE, Reason.IO_ERROR, f"cannot open: {exc.strerror}")
+            return self.outcome(rel, FileStatus.UNREADABLE, Reason.IO_ERROR, detail("cannot open ({e})", e=errno_name(exc)))
+        limits = {"max_bytes": self.config.max_header_bytes, "max_elements": self.config.max_header_elements}
         with fh:
             forced = False
             try:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True)
+                header = read_header(fh, **limits)
             except InvalidDicomError:
                 fh.seek(0)
                 head = fh.read(132)
@@ -251,53 +238,50 @@ class _Scanner:
                     return self.outcome(rel, FileStatus.NOT_DICOM, Reason.NOT_DICOM, "no DICM preamble")
                 fh.seek(0)
                 try:
-                    ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-                except Exception as exc:
-                    return self.outcome(rel, FileStatus.NOT_DICOM, Reason.NOT_DICOM, f"forced read failed: {type(exc).__name__}")
-                if "SOPClassUID" not in ds and "Rows" not in ds:
+                    header = read_header(fh, force=True, **limits)
+                except ReasonError as exc:
+                    if exc.reason is Reason.HEADER_TOO_LARGE:
+                        return self.outcome(rel, FileStatus.UNREADABLE, exc.reason, exc.detail)
+                    return self.outcome(rel, FileStatus.NOT_DICOM, Reason.NOT_DICOM, "forced read failed")
+                except Exception:
+                    return self.outcome(rel, FileStatus.NOT_DICOM, Reason.NOT_DICOM, "forced read failed")
+                if "SOPClassUID" not in header.dataset and "Rows" not in header.dataset:
                     return self.outcome(rel, FileStatus.NOT_DICOM, Reason.NOT_DICOM, "forced read found no DICOM dataset")
                 forced = True
             except PermissionError:
                 return self.outcome(rel, FileStatus.UNREADABLE, Reason.PERMISSION_DENIED, "permission denied")
-            except Exception as exc:  # truncated headers, bad lengths, decoding errors in pydicom
-                return self.outcome(
-                    rel, FileStatus.UNREADABLE, Reason.INVALID_FILE,
-                    f"header cannot be parsed: {type(exc).__name__}: {_sanitize(str(exc), self.root)}",
-                )
+            except ReasonError as exc:  # truncated, or over the header limits
+                return self.outcome(rel, FileStatus.UNREADABLE, exc.reason, exc.detail)
+            except Exception:  # bad lengths, decoding errors in pydicom: the text may hold values, so it stays here
+                return self.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, "header cannot be parsed")
             try:
-                head = fh.read(12)
-                return self._classify(rel, path, ds, head, fh.tell() - len(head), forced)
-            except Exception as exc:  # a malformed value the checks did not anticipate
-                return self.outcome(
-                    rel, FileStatus.UNREADABLE, Reason.INVALID_FILE,
-                    f"header cannot be interpreted: {type(exc).__name__}: {_sanitize(str(exc), self.root)}",
-                )
+                return self._classify(rel, path, header, forced)
+            except Exception:  # a malformed value the checks did not anticipate
+                return self.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, "header cannot be interpreted")
 
-    def _classify(self, rel: str, path: Path, ds: Any, head: bytes, pos: int, forced: bool) -> FileOutcome | _Header:
+    def _classify(self, rel: str, path: Path, header: Header, forced: bool) -> FileOutcome | _Header:
+        ds = header.dataset
         meta = getattr(ds, "file_meta", None)
         sop_class = _text(ds, "SOPClassUID") or _meta_text(meta, 0x00020002)
         if sop_class == _DICOMDIR_CLASS or 0x00041220 in ds:
-            self._dicomdir(path, ds)
+            self._dicomdir(path, ds, header.reader is not None)
             return self.outcome(rel, FileStatus.SKIPPED_NON_IMAGE, Reason.DICOMDIR, "DICOMDIR (media directory)")
 
-        ts = _meta_text(meta, 0x00020010)
+        ts = header.transfer_syntax
         implicit, little = ds.original_encoding
         if implicit is None:
             implicit, little = True, True
         if not ts and (forced or self.config.force):
             ts = _ENCODING_TS.get((bool(implicit), bool(little)), "")
             forced = True
-        if ts == _DEFLATED:  # inflated in memory by pydicom: the file position says nothing
-            has_pixels, length, hdr = "Rows" in ds, None, 0
-        else:
-            has_pixels, length, hdr = _pixel_element(head, bool(implicit), bool(little))
+        has_pixels, length = header.has_pixels, header.pixel_length
 
         if not has_pixels and "Rows" not in ds and not _is_image_class(sop_class):
             if not sop_class:  # neither an image nor an identifiable object: a broken file, not a report to skip
                 return self.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE,
                                     "no SOP Class UID and no image: not a usable DICOM object")
-            name = _sop_name(sop_class)
-            return self.outcome(rel, FileStatus.SKIPPED_NON_IMAGE, Reason.NO_PIXEL_DATA, f"no pixel data ({name})")
+            return self.outcome(rel, FileStatus.SKIPPED_NON_IMAGE, Reason.NO_PIXEL_DATA,
+                                detail("no pixel data ({name})", name=_sop_name(sop_class)))
 
         study_uid = _text(ds, "StudyInstanceUID")
         series_uid = _text(ds, "SeriesInstanceUID")
@@ -306,7 +290,7 @@ class _Scanner:
         series_key = self.hash("series", series_uid or f"missing:{study_uid}:{parent}")
         keys = {"study_key": study_key, "series_key": series_key}
         sop_uid = _text(ds, "SOPInstanceUID") or f"missing:{rel}"
-        modality = _text(ds, "Modality")
+        modality = modality_term(_text(ds, "Modality"))
         patient_key = self.hash("patient", _text(ds, "PatientID"))
 
         rejected: FileOutcome | None = None
@@ -315,47 +299,48 @@ class _Scanner:
             rows = _int(ds, "Rows", 0) or 0
             columns = _int(ds, "Columns", 0) or 0
             samples = _int(ds, "SamplesPerPixel", 1) or 1
-        except (TypeError, ValueError) as exc:
-            rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, f"invalid image dimensions: {exc}", **keys)
+        except (TypeError, ValueError):
+            rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE,
+                                    "invalid Rows, Columns or Samples per Pixel", **keys)
         try:
             frames = _int(ds, "NumberOfFrames", 1) or 1
-        except (TypeError, ValueError):
-            value = _sanitize(_text(ds, "NumberOfFrames"), self.root)[:20]
-            rejected = rejected or self.outcome(
-                rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, f"invalid Number of Frames {value!r}", **keys
-            )
+        except (TypeError, ValueError):  # the value itself never goes into the detail
+            rejected = rejected or self.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE,
+                                                "invalid Number of Frames (not an integer)", **keys)
         try:
             instance_number = _int(ds, "InstanceNumber", None)
         except (TypeError, ValueError):
             instance_number = None
         photometric = _text(ds, "PhotometricInterpretation")
         bits = _raw(ds, "BitsAllocated")
+        limits = self.config
 
         if rejected is None and has_pixels:
             missing = [k for k, v in (("Rows", rows), ("Columns", columns), ("BitsAllocated", bits)) if not v]
             if not photometric:
                 missing.append("PhotometricInterpretation")
             if missing:
-                rejected = self.outcome(
-                    rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, f"missing required element(s): {', '.join(missing)}", **keys
-                )
+                rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, detail(
+                    "missing required element(s): {names}", names=Term(", ".join(missing))), **keys)
             elif not ts:
                 rejected = self.outcome(
                     rel, FileStatus.UNREADABLE, Reason.INVALID_FILE,
                     "file meta has no Transfer Syntax UID (readable with force=True)", **keys,
                 )
-            elif rows * columns * samples > self.config.max_pixels_per_frame:
-                rejected = self.outcome(
-                    rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE,
-                    f"{rows}x{columns}x{samples} per frame exceeds max_pixels_per_frame={self.config.max_pixels_per_frame}", **keys,
-                )
-            elif frames > self.config.max_frames:
-                rejected = self.outcome(
-                    rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE,
-                    f"{frames} frames exceed max_frames={self.config.max_frames}", **keys,
-                )
+            elif rows * columns * samples > limits.max_pixels_per_frame:
+                rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE, detail(
+                    "{r}x{c}x{s} per frame exceeds max_pixels_per_frame={m}",
+                    r=rows, c=columns, s=samples, m=limits.max_pixels_per_frame), **keys)
+            elif rows * columns * samples * max(1, int(bits) // 8) > limits.max_frame_bytes:
+                rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE, detail(
+                    "{n} bytes per decoded frame exceed max_frame_bytes={m}",
+                    n=rows * columns * samples * max(1, int(bits) // 8), m=limits.max_frame_bytes), **keys)
+            elif frames > limits.max_frames:
+                rejected = self.outcome(rel, FileStatus.UNREADABLE, Reason.IMAGE_TOO_LARGE, detail(
+                    "{f} frames exceed max_frames={m}", f=frames, m=limits.max_frames), **keys)
             elif length is not None and length != 0xFFFFFFFF and not _is_encapsulated(ts):
-                rejected = self._check_native_length(rel, path, ds, int(bits), rows, columns, samples, frames, photometric, length, pos + hdr, keys)
+                rejected = self._check_native_length(rel, int(bits), rows, columns, samples, frames, photometric,
+                                                     length, header.available, keys)
 
         instance = InstanceRecord(
             rel_path=rel,
@@ -372,44 +357,41 @@ class _Scanner:
             has_pixels=has_pixels,
             forced=forced,
         )
-        return _Header(rel, study_key, series_key, patient_key, modality, instance, rejected)
+        return _Header(rel, study_key, series_key, patient_key, modality, instance, rejected,
+                       header.dataset_offset, header.file_size - header.dataset_offset)
 
     def _check_native_length(
-        self, rel: str, path: Path, ds: Any, bits: int, rows: int, columns: int, samples: int, frames: int,
-        photometric: str, length: int, value_start: int, keys: dict[str, str],
+        self, rel: str, bits: int, rows: int, columns: int, samples: int, frames: int, photometric: str,
+        length: int, available: int | None, keys: dict[str, str],
     ) -> FileOutcome | None:
-        """Compare the declared and available native pixel data with Rows x Columns x Frames x Samples."""
-        pixels = rows * columns * frames
-        if bits == 1:
-            expected = (pixels * samples + 7) // 8
-        elif photometric == "YBR_FULL_422":
-            expected = pixels * 2 * (bits // 8)
-        else:
-            expected = pixels * samples * (bits // 8)
-        available = os.stat(path).st_size - value_start
-        if available < min(length, expected):
-            return self.outcome(
-                rel, FileStatus.UNREADABLE, Reason.TRUNCATED_PIXEL_DATA,
-                f"file ends {min(length, expected) - available} bytes into the pixel data", **keys,
-            )
+        """Compare the declared and available native pixel data with Rows x Columns x Frames x Samples
+        (``available`` is ``None`` for a deflated file: its decoding finds out)."""
+        expected = int(-(-native_frame_bytes(bits, rows, columns, samples, photometric) * frames // 1))
+        if available is not None and available < min(length, expected):
+            return self.outcome(rel, FileStatus.UNREADABLE, Reason.TRUNCATED_PIXEL_DATA, detail(
+                "file ends {n} bytes into the pixel data", n=min(length, expected) - available), **keys)
         if length < expected:
-            return self.outcome(
-                rel, FileStatus.UNREADABLE, Reason.TRUNCATED_PIXEL_DATA,
-                f"pixel data holds {length} of the {expected} bytes the header declares", **keys,
-            )
+            return self.outcome(rel, FileStatus.UNREADABLE, Reason.TRUNCATED_PIXEL_DATA, detail(
+                "pixel data holds {n} of the {m} bytes the header declares", n=length, m=expected), **keys)
         return None
 
-    def _dicomdir(self, path: Path, ds: Any) -> None:
+    def _dicomdir(self, path: Path, ds: Any, deflated: bool) -> None:
         """Count the files a DICOMDIR references and those missing from the tree.
 
         The Directory Record Sequence is searched as raw bytes for Referenced File ID (0004,1500) elements:
-        converting the sequence with pydicom costs ten times the header read.
+        converting the sequence with pydicom costs ten times the header read. A sequence over ``DEFER_BYTES``
+        is read separately, up to ``max_header_bytes``.
         """
         if not self.config.read_dicomdir:
             return
         try:
-            elem = ds.get_item(0x00041220)
+            elem = ds._dict.get(0x00041220)  # not get_item: it would load a deferred value whole
             raw = elem.value if elem is not None else None
+            length = getattr(elem, "length", 0) or 0
+            if raw is None and not deflated and 0 < length <= self.config.max_header_bytes:
+                with open(path, "rb") as fh:
+                    fh.seek(elem.value_tell)
+                    raw = fh.read(length)
             if not isinstance(raw, bytes):
                 refs = [str(r.ReferencedFileID) for r in (raw or []) if "ReferencedFileID" in r]
                 refs = [r.replace("['", "").replace("']", "").replace("', '", "\\") for r in refs]
@@ -480,13 +462,8 @@ def _raw_file_ids(raw: bytes, encoding: tuple[bool | None, bool | None]) -> list
     return out
 
 
-def _sop_name(uid: str) -> str:
-    if not uid:
-        return "no SOP Class UID"
-    from pydicom.uid import UID
-
-    name = UID(uid).name
-    return name if name != uid else "unknown SOP class"
+def _sop_name(uid: str) -> Term:
+    return uid_name(uid) if uid else Term("no SOP Class UID")
 
 
 def _order_key(inst: InstanceRecord, use_position: bool) -> tuple[Any, ...]:
@@ -496,75 +473,131 @@ def _order_key(inst: InstanceRecord, use_position: bool) -> tuple[Any, ...]:
     return (number, inst.rel_path)
 
 
+def _content_digest(path: Path, offset: int) -> str:
+    """Digest of a file's dataset (everything after the preamble and file meta): the same instance exported twice
+    digests the same, whatever tool wrote the file meta. ``""`` when the file cannot be read again."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _split_instances(scanner: _Scanner, items: list[_Header], keys: dict[str, str], outcomes: dict[str, FileOutcome],
+                     ) -> tuple[list[InstanceRecord], list[InstanceRecord], FileOutcome | None]:
+    """The instances of one series, and the files in conflict.
+
+    Files sharing an SOP Instance UID with identical content (see :func:`_content_digest`) are duplicates: one is
+    kept, the others get ``duplicate``. Files sharing it with other content are in conflict: dedupe would keep one
+    and hide the others (an ultrasound frame saved under the UID of an MR slice), and which one survives would
+    depend on file names. So every version leaves the series and is judged on its own.
+
+    Returns:
+        The series' instances, the conflicting files, and the first file rejected on its header.
+    """
+    first_reject: FileOutcome | None = None
+    versions: dict[str, list[_Header]] = {}  # SOP key -> one file per distinct content
+    digests: dict[str, str] = {}
+
+    def same_content(a: _Header, b: _Header) -> bool:
+        if a.dataset_bytes != b.dataset_bytes:  # cheap, and settles almost every pair
+            return False
+        for h in (a, b):
+            if h.rel_path not in digests:
+                digests[h.rel_path] = _content_digest(scanner.root / h.rel_path, h.dataset_offset) or h.rel_path
+        return digests[a.rel_path] == digests[b.rel_path]
+
+    # Keep, per SOP instance, a file with pixels and a usable decoder first, uncompressed (cheapest to decode)
+    # before compressed, then by path.
+    items.sort(key=lambda h: (h.rejected is not None, not h.instance.has_pixels,
+                              not _decodable(h.instance.transfer_syntax),
+                              _is_encapsulated(h.instance.transfer_syntax), h.rel_path))
+    kept: list[InstanceRecord] = []
+    for h in items:
+        if h.rejected is not None:
+            outcomes[h.rel_path] = h.rejected
+            first_reject = first_reject or h.rejected
+            continue
+        sop = h.instance.sop_key
+        if not scanner.config.dedupe or sop not in versions:
+            versions[sop] = [h]
+            kept.append(h.instance)
+            continue
+        same = next((v for v in versions[sop] if same_content(v, h)), None)
+        if same is None:
+            versions[sop].append(h)
+            continue
+        outcomes[h.rel_path] = scanner.outcome(
+            h.rel_path, FileStatus.DUPLICATE, Reason.DUPLICATE_INSTANCE,
+            detail("same SOP Instance UID and content as file {key}", key=Term(same.instance.path_key)), **keys,
+        )
+    conflicting = {sop for sop, vs in versions.items() if len(vs) > 1}
+    series = [i for i in kept if i.sop_key not in conflicting]
+    return series, [v.instance for sop in sorted(conflicting) for v in versions[sop]], first_reject
+
+
 def _group(scanner: _Scanner, headers: list[_Header], outcomes: dict[str, FileOutcome]) -> tuple[StudyRecord, ...]:
-    """Group image headers into studies and series, dedupe, order, set scan-time outcomes."""
+    """Group image headers into studies and series, dedupe, split conflicts, order, set scan-time outcomes."""
     config = scanner.config
     by_series: dict[tuple[str, str], list[_Header]] = {}
     for h in headers:
         by_series.setdefault((h.study_key, h.series_key), []).append(h)
 
     studies: dict[str, tuple[str, list[SeriesRecord]]] = {}
-    for (study_key, series_key), items in sorted(by_series.items()):
-        keys = {"study_key": study_key, "series_key": series_key}
-        kept: list[InstanceRecord] = []
-        first_reject: FileOutcome | None = None
-        seen: dict[str, str] = {}
-        # Keep, per SOP instance, a file with pixels and a usable decoder first, uncompressed (cheapest to decode)
-        # before compressed, then by path.
-        items.sort(key=lambda h: (h.rejected is not None, not h.instance.has_pixels,
-                                  not _decodable(h.instance.transfer_syntax),
-                                  _is_encapsulated(h.instance.transfer_syntax), h.rel_path))
-        for h in items:
-            if h.rejected is not None:
-                outcomes[h.rel_path] = h.rejected
-                first_reject = first_reject or h.rejected
-                continue
-            sop = h.instance.sop_key
-            if config.dedupe and sop in seen:
-                outcomes[h.rel_path] = scanner.outcome(
-                    h.rel_path, FileStatus.DUPLICATE, Reason.DUPLICATE_INSTANCE,
-                    f"same SOP Instance UID as file {scanner.hash('path', seen[sop])}", **keys,
-                )
-                continue
-            seen[sop] = h.rel_path
-            kept.append(h.instance)
-
-        use_position = bool(kept) and all(i.position is not None for i in kept)
-        kept.sort(key=lambda i: _order_key(i, use_position))
-        issue: Reason | None = None
-        detail = ""
-        if not kept:
-            assert first_reject is not None
-            issue, detail = first_reject.reason, f"no usable file: {first_reject.detail}"
-        elif not any(i.has_pixels for i in kept):
-            issue, detail = Reason.NO_PIXEL_DATA, "image objects without Pixel Data"
-        else:
-            total = sum(i.frame_pixels * i.frames for i in kept)
-            if total > config.max_pixels_per_series:
-                issue = Reason.IMAGE_TOO_LARGE
-                detail = f"{total} declared pixels exceed max_pixels_per_series={config.max_pixels_per_series}"
-        for inst in kept:
-            if issue is not None:
-                outcomes[inst.rel_path] = scanner.outcome(inst.rel_path, FileStatus.UNREADABLE, issue, detail, **keys)
-            elif not inst.has_pixels:
-                outcomes[inst.rel_path] = scanner.outcome(
-                    inst.rel_path, FileStatus.UNREADABLE, Reason.NO_PIXEL_DATA, "image object without Pixel Data", **keys
-                )
+    for (study_key, base_key), items in sorted(by_series.items()):
+        kept, conflicting, first_reject = _split_instances(
+            scanner, items, {"study_key": study_key, "series_key": base_key}, outcomes)
+        # the series, then one series per conflicting file (each judged on its own views)
+        groups: list[tuple[str, list[InstanceRecord], int]] = []
+        if kept or first_reject is not None or not conflicting:
+            groups.append((base_key, kept, 0))
+        groups += [(scanner.hash("series", f"{base_key}\x00conflict:{i.path_key}"), [i], 1) for i in conflicting]
+        moved = {i.rel_path for i in conflicting}
+        for series_key, members, conflicts in groups:
+            keys = {"study_key": study_key, "series_key": series_key}
+            use_position = bool(members) and all(i.position is not None for i in members)
+            members.sort(key=lambda i: _order_key(i, use_position))
+            issue: Reason | None = None
+            why = ""
+            if not members:
+                assert first_reject is not None
+                issue, why = first_reject.reason, f"no usable file: {first_reject.detail}"
+            elif not any(i.has_pixels for i in members):
+                issue, why = Reason.NO_PIXEL_DATA, "image objects without Pixel Data"
             else:
-                outcomes[inst.rel_path] = scanner.outcome(inst.rel_path, FileStatus.PENDING, None, "", **keys)
-        modality = next((h.modality for h in items if h.modality), "")
-        series = SeriesRecord(
-            series_key=series_key,
-            study_key=study_key,
-            modality=modality,
-            instances=tuple(kept),
-            issue=issue,
-            issue_detail=detail,
-            rel_paths=tuple(sorted(h.rel_path for h in items)),
-            root=scanner.root,
-        )
-        patient_key = items[0].patient_key
-        studies.setdefault(study_key, (patient_key, []))[1].append(series)
+                total = sum(i.frame_pixels * i.frames for i in members)
+                if total > config.max_pixels_per_series:
+                    issue = Reason.IMAGE_TOO_LARGE
+                    why = detail("{n} declared pixels exceed max_pixels_per_series={m}",
+                                 n=total, m=config.max_pixels_per_series)
+            for inst in members:
+                if issue is not None:
+                    outcomes[inst.rel_path] = scanner.outcome(inst.rel_path, FileStatus.UNREADABLE, issue, why, **keys)
+                elif not inst.has_pixels:
+                    outcomes[inst.rel_path] = scanner.outcome(
+                        inst.rel_path, FileStatus.UNREADABLE, Reason.NO_PIXEL_DATA, "image object without Pixel Data",
+                        **keys)
+                else:
+                    outcomes[inst.rel_path] = scanner.outcome(inst.rel_path, FileStatus.PENDING, None, "", **keys)
+            paths = {i.rel_path for i in members}
+            if series_key == base_key:  # the series also owns its duplicates and rejected files
+                paths |= {h.rel_path for h in items if h.rel_path not in moved}
+            series = SeriesRecord(
+                series_key=series_key,
+                study_key=study_key,
+                modality=next((h.modality for h in items if h.rel_path in paths and h.modality), ""),
+                instances=tuple(members),
+                issue=issue,
+                issue_detail=why,
+                rel_paths=tuple(sorted(paths)),
+                root=scanner.root,
+                conflicts=conflicts,
+            )
+            studies.setdefault(study_key, (items[0].patient_key, []))[1].append(series)
     return tuple(StudyRecord(k, p, tuple(s)) for k, (p, s) in sorted(studies.items()))
 
 
@@ -608,8 +641,7 @@ def _scan(root: Path, entries: Iterator[tuple[str, Path | None, FileOutcome | No
     scanner = _Scanner(root, config, Hasher(resolve_salt(config.salt)))
     outcomes: dict[str, FileOutcome] = {}
     headers: list[_Header] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on every quirk; outcomes carry what matters
+    with quiet_pydicom():  # pydicom warns and logs on every quirk, quoting values; outcomes carry what matters
         for rel, path, pre in entries:
             if pre is not None:
                 outcomes[rel] = FileOutcome(rel, scanner.hash("path", rel), pre.status, pre.reason, pre.detail)
@@ -617,8 +649,8 @@ def _scan(root: Path, entries: Iterator[tuple[str, Path | None, FileOutcome | No
             assert path is not None
             try:
                 res = scanner.read(rel, path)
-            except Exception as exc:  # last resort: one file never stops the scan
-                res = scanner.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, f"{type(exc).__name__}")
+            except Exception:  # last resort: one file never stops the scan
+                res = scanner.outcome(rel, FileStatus.UNREADABLE, Reason.INVALID_FILE, "unexpected error while reading")
             if isinstance(res, FileOutcome):
                 outcomes[rel] = res
             else:

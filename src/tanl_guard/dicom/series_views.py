@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -14,6 +13,7 @@ from tanl_guard._optional import optional_import
 from tanl_guard.dicom.config import DicomScanConfig
 from tanl_guard.dicom.decode import DecodeError, decode_frames
 from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason
+from tanl_guard.dicom.quiet import quiet_pydicom
 from tanl_guard.dicom.records import InstanceRecord, ScanResult, SeriesRecord
 from tanl_guard.dicom.view_spec import ViewSpec
 
@@ -61,6 +61,8 @@ class SeriesViews:
         detail: explanation when unreadable.
         outcomes: final outcome of every file of the series that was pending after the scan.
         seconds: time spent decoding.
+        conflicts: files of the series that share an SOP Instance UID with a file of other content
+            (``SeriesRecord.conflicts``).
     """
 
     series_key: str
@@ -73,6 +75,7 @@ class SeriesViews:
     detail: str = ""
     outcomes: tuple[FileOutcome, ...] = ()
     seconds: float = 0.0
+    conflicts: int = 0
 
     @property
     def ok(self) -> bool:
@@ -117,20 +120,23 @@ class _Loader:
         self.series = series
         self.config = config
         self.failed: dict[str, DecodeError] = {}
-        self.decoded_pixels = 0
+        self.checked: set[str] = set()  # files whose codestream headers were checked already
 
     def decode(self, inst: InstanceRecord, frames: list[int]) -> list[tuple[int, np.ndarray]]:
+        expected = None if inst.rel_path in self.checked else (inst.rows, inst.columns, inst.samples)
+        self.checked.add(inst.rel_path)
         try:
-            out = list(decode_frames(self.series.root / inst.rel_path, inst.transfer_syntax, frames,
-                                     self.config.decoding_plugins, inst.forced))
+            return list(decode_frames(
+                self.series.root / inst.rel_path, inst.transfer_syntax, frames, self.config.decoding_plugins,
+                inst.forced, expected=expected,
+                max_header_bytes=self.config.max_header_bytes, max_header_elements=self.config.max_header_elements,
+                max_side=self.config.max_view_side,
+            ))
         except DecodeError as exc:
             self.failed[inst.rel_path] = exc
-            return []
-        except Exception as exc:  # never let one file stop the series
-            self.failed[inst.rel_path] = DecodeError(Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:200])
-            return []
-        self.decoded_pixels += inst.frame_pixels * len(frames)
-        return out
+        except Exception:  # never let one file stop the series (the exception's text may hold the path)
+            self.failed[inst.rel_path] = DecodeError(Reason.DECODE_ERROR, "unexpected error while decoding")
+        return []
 
     def too_many_failures(self) -> bool:
         return len(self.failed) > self.config.max_failed_instances
@@ -212,7 +218,8 @@ def load_series_views(
     start = time.perf_counter()
     config = config or DicomScanConfig()
     spec = ViewSpec.parse(view_spec) if view_spec is not None else config.view
-    empty = SeriesViews(series.series_key, series.study_key, series.modality, (), (), FileStatus.UNREADABLE)
+    empty = SeriesViews(series.series_key, series.study_key, series.modality, (), (), FileStatus.UNREADABLE,
+                        conflicts=series.conflicts)
     with_pixels = [i for i in series.instances if i.has_pixels]
     if series.issue is not None or not with_pixels:
         reason = series.issue or Reason.NO_PIXEL_DATA
@@ -222,16 +229,16 @@ def load_series_views(
 
     units = [(inst, f) for inst in with_pixels for f in range(inst.frames)]
     loader = _Loader(series, config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_pydicom():
         try:
             if spec.kind == "mip":
                 views, prov = _mip(loader, units, config)
             else:
                 views, prov = _slices(loader, units, spec)
-        except Exception as exc:  # defensive: a bug in one series must not stop the screen
+        except Exception:  # defensive: a bug in one series must not stop the screen
             views, prov = [], []
-            loader.failed.setdefault(with_pixels[0].rel_path, DecodeError(Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:200]))
+            loader.failed.setdefault(with_pixels[0].rel_path,
+                                     DecodeError(Reason.DECODE_ERROR, "unexpected error while making views"))
 
     outcomes = []
     first = next(iter(loader.failed.values()), None)
@@ -250,7 +257,7 @@ def load_series_views(
         return replace(empty, reason=first.reason, detail=first.detail, outcomes=tuple(outcomes),
                        seconds=time.perf_counter() - start)
     return SeriesViews(series.series_key, series.study_key, series.modality, tuple(views), tuple(prov),
-                       FileStatus.VIEWED, None, "", tuple(outcomes), time.perf_counter() - start)
+                       FileStatus.VIEWED, None, "", tuple(outcomes), time.perf_counter() - start, series.conflicts)
 
 
 def iter_study_views(

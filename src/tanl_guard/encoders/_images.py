@@ -1,8 +1,19 @@
 # Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
-"""Turning the image inputs encoders accept into fixed-size RGB pixel batches (private helpers)."""
+"""Turning the image inputs encoders accept into fixed-size RGB pixel batches (private helpers).
+
+This is the one place where pixels enter the encoders, so the value range is settled here: encoders expect
+values in [0, 1] (uint8 is divided by 255). An image with values outside [0, 1] (beyond a rounding tolerance of
+:data:`UNIT_RANGE_TOLERANCE`) is min-max scaled to [0, 1] on its own, the rule the DICOM ingest and the MONAI view
+adapter apply to every view, and an :class:`ImageRangeWarning` says so (Python's default filter shows it once per
+process). Scaling instead of raising keeps a screening stream running on an input that has one obvious reading;
+warning keeps it from passing silently, since the score of an image depends on the mapping: raw intensities fed
+as they are would be cut off by the encoder's normalisation and scored as a different image. NaN and infinite
+values are refused with a ``ValueError``.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -10,7 +21,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["as_image_list", "to_rgb_chw", "resize_center_crop", "iter_pixel_batches"]
+__all__ = [
+    "UNIT_RANGE_TOLERANCE",
+    "ImageRangeWarning",
+    "as_image_list",
+    "to_rgb_chw",
+    "to_unit_range",
+    "resize_center_crop",
+    "iter_pixel_batches",
+]
+
+#: How far outside [0, 1] values may lie and still count as in range (float rounding, resampling overshoot);
+#: such images are clipped to [0, 1], not rescaled.
+UNIT_RANGE_TOLERANCE = 1e-3
+
+_RANGE_MESSAGE = (
+    "images with values outside [0, 1] were min-max scaled to [0, 1], each on its own (encoders expect [0, 1]; "
+    "uint8 is divided by 255); scale them yourself, e.g. with MONAI's ScaleIntensity, to choose the mapping"
+)
+
+
+class ImageRangeWarning(UserWarning):
+    """Images outside [0, 1] reached an encoder and were min-max scaled to [0, 1], each on its own."""
 
 
 def as_image_list(images: Any) -> list[Any] | torch.Tensor:
@@ -39,8 +71,8 @@ def as_image_list(images: Any) -> list[Any] | torch.Tensor:
 def to_rgb_chw(image: Any) -> torch.Tensor:
     """One image as a float32 (3, H, W) tensor.
 
-    Accepts numpy arrays and tensors of shape (H, W), (H, W, 1|3|4) or (1|3, H, W) with values in [0, 1] (uint8 is
-    divided by 255), and PIL images. Where both readings are possible (e.g. a 3x3x3 array) numpy arrays are read as
+    Accepts numpy arrays and tensors of shape (H, W), (H, W, 1|3|4) or (1|3, H, W), and PIL images. uint8 is
+    divided by 255; other values are returned as they are (:func:`to_unit_range` settles the range). Where both readings are possible (e.g. a 3x3x3 array) numpy arrays are read as
     channels-last and tensors as channels-first, following each library's convention.
     """
     channels_last = True
@@ -72,6 +104,33 @@ def to_rgb_chw(image: Any) -> torch.Tensor:
     if x.shape[1] == 0 or x.shape[2] == 0:
         raise ValueError(f"empty image of shape {tuple(x.shape)}")
     return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Bring each image of a (B, C, H, W) float batch into [0, 1] (see the module docstring for the rule).
+
+    Images within [0, 1] up to :data:`UNIT_RANGE_TOLERANCE` are clipped; any other image is min-max scaled on its
+    own (a constant one becomes zeros) and an :class:`ImageRangeWarning` is issued.
+
+    Args:
+        x: (B, C, H, W) float tensor.
+
+    Raises:
+        ValueError: for NaN or infinite values.
+    """
+    if x.numel() == 0:
+        return x
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("images contain NaN or infinite values")
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+    outside = (lo < -UNIT_RANGE_TOLERANCE) | (hi > 1.0 + UNIT_RANGE_TOLERANCE)
+    if bool(outside.any()):
+        warnings.warn(_RANGE_MESSAGE, ImageRangeWarning, stacklevel=2)
+        lo, span = lo.view(-1, 1, 1, 1), (hi - lo).view(-1, 1, 1, 1)
+        scaled = torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+        x = torch.where(outside.view(-1, 1, 1, 1), scaled, x)
+    return x.clamp(0.0, 1.0)
 
 
 def resize_center_crop(
@@ -116,7 +175,11 @@ def iter_pixel_batches(
     batch_size: int,
     device: torch.device,
 ) -> Iterator[torch.Tensor]:
-    """Yield (b, 3, size, size) float32 batches on ``device``, normalised with mean/std unless they are None."""
+    """Yield (b, 3, size, size) float32 batches on ``device``, normalised with mean/std unless they are None.
+
+    Every image is brought into [0, 1] first (:func:`to_unit_range`): out-of-range images are min-max scaled with
+    an :class:`ImageRangeWarning`; NaN or infinite values raise ``ValueError``.
+    """
     items = as_image_list(images)
     n = int(items.shape[0]) if isinstance(items, torch.Tensor) else len(items)
     if isinstance(items, torch.Tensor) and items.shape[1] not in (1, 3):
@@ -126,7 +189,7 @@ def iter_pixel_batches(
     for start in range(0, n, batch_size):
         if isinstance(items, torch.Tensor):
             chunk = items[start : start + batch_size].detach().to(device=device)
-            chunk = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
+            chunk = to_unit_range(chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float())
             if chunk.shape[1] == 1:
                 chunk = chunk.expand(-1, 3, -1, -1)
             pixels = resize_center_crop(chunk, size, resize, interpolation, squash)
@@ -134,12 +197,12 @@ def iter_pixel_batches(
             # sizes differ from image to image: resize one by one, then stack
             pixels = torch.cat(
                 [
-                    resize_center_crop(to_rgb_chw(im).to(device).unsqueeze(0), size, resize, interpolation, squash)
+                    resize_center_crop(
+                        to_unit_range(to_rgb_chw(im).to(device).unsqueeze(0)), size, resize, interpolation, squash
+                    )
                     for im in items[start : start + batch_size]
                 ]
             )
-        if not bool(torch.isfinite(pixels).all()):
-            raise ValueError("images contain NaN or infinite values")
         if mean_t is not None and std_t is not None:
             pixels = (pixels - mean_t) / std_t
         yield pixels.contiguous()

@@ -155,7 +155,10 @@ class VisionLanguageEncoder(Protocol):
         """Embed images: a (B, C, H, W) tensor in [0, 1] or a sequence of (H, W) / (H, W, 3) / (C, H, W) images.
 
         Args:
-            images: the images, values in [0, 1], any size; gray images are repeated to RGB.
+            images: the images, values in [0, 1] (uint8 is divided by 255), any size; gray images are repeated to
+                RGB. An image with values outside [0, 1] is min-max scaled to [0, 1] on its own, with an
+                ``ImageRangeWarning`` (see :mod:`tanl_guard.encoders._images`); NaN or infinite values raise
+                ``ValueError``.
             normalize_input: apply the encoder's mean/std; False feeds the resized pixels as they are (TANL's
                 synthetic noise images).
             return_features: also return the image trunk's pooled features from the same forward pass.
@@ -306,7 +309,8 @@ class BaseEncoder(abc.ABC):
 
         Args:
             images: a (B, C, H, W) tensor in [0, 1] (C = 1 or 3), or a sequence of numpy arrays / tensors of shape
-                (H, W), (H, W, 3) or (1|3, H, W) in [0, 1] (uint8 is divided by 255), any size.
+                (H, W), (H, W, 3) or (1|3, H, W) in [0, 1] (uint8 is divided by 255), any size. Images outside
+                [0, 1] are min-max scaled, each on its own, with an ``ImageRangeWarning``.
             normalize_input: apply the encoder's mean/std after resizing; False skips it.
             return_features: also return the trunk features (same forward pass) in an :class:`ImageEncoding`.
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from .counts import StudyCounts, count_studies
+from .describe import DatasetDescription, RunDescription, describe_guard
 from .fusion import FusionConfig, GateScores
 from .guard import (
     DEFAULT_FUSED_DETECTOR,
@@ -17,6 +19,11 @@ from .policy import STUDY_POLICIES, GuardPolicy, ThresholdPolicy
 from .verdicts import ACCEPT, REJECT, UNREADABLE, SeriesVerdict, StudyVerdict, combine_series, study_verdict
 
 __all__ = [
+    "DatasetDescription",
+    "RunDescription",
+    "StudyCounts",
+    "count_studies",
+    "describe_guard",
     "Guard",
     "GateResult",
     "GateScores",

@@ -33,6 +33,8 @@ class SeriesVerdict:
         feature_score: a fused guard's feature-gate (kNN, Mahalanobis) score, reduced over the views.
         feature_threshold: the feature gate's threshold (calibrated on held-out references).
         refused_by: the gates whose score fell below their threshold (rejected series of fused guards).
+        conflicts: files of the series that share an SOP Instance UID with a file of other content (each other
+            content is judged as a series of its own; ``--strict`` counts them).
     """
 
     series: str
@@ -50,6 +52,7 @@ class SeriesVerdict:
     feature_score: float | None = None
     feature_threshold: float | None = None
     refused_by: tuple[str, ...] = ()
+    conflicts: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -59,6 +62,7 @@ class SeriesVerdict:
             "id_score": self.id_score,
             "views": self.views,
             "reason": self.reason,
+            "conflicts": self.conflicts,
         }
         out.update(_gate_json(self))
         return out
@@ -67,7 +71,8 @@ class SeriesVerdict:
     def from_json(cls, line: dict[str, Any]) -> SeriesVerdict:
         """Rebuild a series verdict from its :meth:`to_json` line (a checkpoint's done verdicts)."""
         return cls(series=line["series"], modality=line["modality"], verdict=line["verdict"],
-                   id_score=line["id_score"], views=line["views"], reason=line["reason"], **_gate_fields(line))
+                   id_score=line["id_score"], views=line["views"], reason=line["reason"],
+                   conflicts=line.get("conflicts", 0), **_gate_fields(line))
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,11 @@ class StudyVerdict:
     feature_threshold: float | None = None
     refused_by: tuple[str, ...] = ()
 
+    @property
+    def conflicts(self) -> int:
+        """Files of the study that share an SOP Instance UID with a file of other content."""
+        return sum(s.conflicts for s in self.series)
+
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` line of ``tanl-guard screen``."""
         out = {
@@ -114,6 +124,7 @@ class StudyVerdict:
             "series": [s.to_json() for s in self.series],
             "top_negatives": list(self.top_negatives),
             "reason": self.reason,
+            "conflicts": self.conflicts,
         }
         out.update(_gate_json(self))
         return out
@@ -177,6 +188,9 @@ def combine_series(series: Sequence[SeriesVerdict], policy: str = "any") -> tupl
         )
     if unreadable:
         notes.append(f"{unreadable} series unreadable")
+    conflicts = sum(s.conflicts for s in series)
+    if conflicts:
+        notes.append(f"{conflicts} files share an SOP Instance UID with other content (each judged)")
     if reject:
         return REJECT, "; ".join(notes)
     return ACCEPT, ("; ".join(notes) if notes else None)

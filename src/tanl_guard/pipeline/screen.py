@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dicom import DicomScanConfig, FileStatus, ScanResult, SeriesViews, load_series_views, scan_folder
-from ..guard import Guard, SeriesVerdict, StudyVerdict, study_verdict
+from ..guard import Guard, SeriesVerdict, StudyVerdict, count_studies, study_verdict
 from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -67,6 +68,9 @@ class ScreenReport:
         views: views scored in this invocation.
         resumed: studies that were already done in the checkpoint resumed from.
         order_seed: the seed of the screening order (None for as-found).
+        found: studies found in the folder (``len(studies)`` unless the run was stopped).
+        stopped: the run was stopped by :meth:`Screener.request_stop` before every study was screened; the
+            checkpoint holds what was done, and ``studies`` only the screened studies.
     """
 
     studies: list[StudyVerdict] = field(default_factory=list)
@@ -76,21 +80,24 @@ class ScreenReport:
     views: int = 0
     resumed: int = 0
     order_seed: int | None = None
+    found: int = 0
+    stopped: bool = False
 
     def lines(self) -> list[dict[str, Any]]:
         """The ``--json`` lines: every study, then the orphan files."""
         return [v.to_json() for v in self.studies] + [v.to_json() for v in self.orphans]
 
     def counts(self) -> dict[str, int]:
-        counts = Counter(v.verdict for v in self.studies)
-        return {ACCEPT: counts[ACCEPT], REJECT: counts[REJECT], UNREADABLE: counts[UNREADABLE],
-                "orphan_files": len(self.orphans)}
+        """Studies per verdict and ``orphan_files`` (see :func:`tanl_guard.guard.count_studies`)."""
+        counts = count_studies(self.studies + self.orphans)
+        return {ACCEPT: counts.accept, REJECT: counts.reject, UNREADABLE: counts.unreadable,
+                "orphan_files": counts.orphan_files}
 
 
 def _unreadable_series(sv: SeriesViews) -> SeriesVerdict:
     reason = sv.reason.value if sv.reason is not None else "unreadable"
     return SeriesVerdict(series=sv.series_key, modality=sv.modality, verdict=UNREADABLE,
-                         reason=f"{reason}: {sv.detail}" if sv.detail else reason)
+                         reason=f"{reason}: {sv.detail}" if sv.detail else reason, conflicts=sv.conflicts)
 
 
 class Screener:
@@ -100,10 +107,16 @@ class Screener:
         guard: the guard (it keeps the online state across calls).
         config: order, batching, checkpoints.
         dicom_config: scan and decode settings (salt, limits, codecs).
-        audit: an audit logger (``log_verdicts``, ``log_metrics``, ``log_state``, ``log_artifact_file``), or None.
+        audit: an audit logger (``log_verdicts``, ``log_state``, ``log_final_state``, ``log_dataset``,
+            ``log_thumbnail``), or None.
         progress: called as ``progress(done, total)`` after every study.
         on_verdict: called with every study verdict as soon as it is decided (screening order).
         checkpoint_metadata: JSON-safe values saved in every checkpoint (e.g. the audit run id to continue).
+        on_batch: called as ``on_batch(step)`` after every gated batch (``step``: studies screened so far), e.g.
+            to log the detector's state metrics at every batch.
+
+    :meth:`request_stop` (safe from a signal handler or another thread) ends the run after the batch in hand:
+    it is gated, checkpointed and reported, and the report says ``stopped``.
     """
 
     def __init__(
@@ -115,6 +128,7 @@ class Screener:
         progress: Callable[[int, int], None] | None = None,
         on_verdict: Callable[[StudyVerdict], None] | None = None,
         checkpoint_metadata: dict[str, Any] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.guard = guard
         self.config = config if config is not None else ScreenConfig()
@@ -123,6 +137,12 @@ class Screener:
         self.progress = progress
         self.on_verdict = on_verdict
         self.checkpoint_metadata = dict(checkpoint_metadata or {})
+        self.on_batch = on_batch
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """Stop after the batch in hand: gate it, checkpoint, and return the report (``stopped=True``)."""
+        self._stop.set()
 
     # ------------------------------------------------------------------ helpers
     def _order(self, scan: ScanResult) -> list[int]:
@@ -152,6 +172,10 @@ class Screener:
         scan = scan_folder(root, self.dicom_config)
         report.seconds["ingest"] += time.perf_counter() - start
         folder_key = self._folder_key(scan)
+        report.found = len(scan.studies)
+        if self.audit is not None and hasattr(self.audit, "log_dataset"):  # by digest of the salted keys only
+            self._timed_audit(report, "log_dataset", "screened folder", folder_key, "screening",
+                              {"studies": len(scan.studies), "files": len(scan.outcomes)})
 
         done: dict[str, dict[str, Any]] = {}
         checkpoint_in: dict[str, Any] = {}
@@ -197,8 +221,9 @@ class Screener:
                     judged = []
                     for sv in series:
                         if sv.ok:
-                            judged.append(guard.judge_series(sv.series_key, sv.modality, gate,
-                                                             slice(offset, offset + len(sv.views))))
+                            judged.append(replace(guard.judge_series(sv.series_key, sv.modality, gate,
+                                                                     slice(offset, offset + len(sv.views))),
+                                                  conflicts=sv.conflicts))
                             offset += len(sv.views)
                         else:
                             judged.append(_unreadable_series(sv))
@@ -207,6 +232,8 @@ class Screener:
                 report.seconds["gate"] += time.perf_counter() - t
                 for verdict, (_, series) in zip(verdicts, pending):
                     finish(verdict, series)
+                if self.on_batch is not None:
+                    self.on_batch(state["step"])
                 if self.audit is not None and getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
                     thumbnails = {sv.series_key: sv.views[0] for _, series in pending for sv in series if sv.ok}
                     for verdict in verdicts:
@@ -232,6 +259,9 @@ class Screener:
                 bad_files.setdefault(o.study_key, []).append(o.reason.value if o.reason else "unreadable")
 
         for index in self._order(scan):
+            if self._stop.is_set():  # the pending batch is still gated below
+                report.stopped = True
+                break
             study = scan.studies[index]
             if study.study_key in done:
                 continue
@@ -266,9 +296,10 @@ class Screener:
         state["orphans_logged"] = True
         if cfg.state_path:
             checkpoint()
-            self._timed_audit(report, "log_artifact_file", cfg.state_path, "state")
+            self._timed_audit(report, "log_final_state", cfg.state_path)
 
         scanned = Counter(o.status.value for o in scan.outcomes if o.status is not FileStatus.PENDING)
         report.file_counts = dict(sorted((scanned + state["file_counts"]).items()))
-        report.studies = [StudyVerdict.from_json(done[s.study_key]) for s in scan.studies]
+        report.studies = [StudyVerdict.from_json(done[s.study_key]) for s in scan.studies if s.study_key in done]
+        report.stopped = report.stopped and len(report.studies) < len(scan.studies)
         return report

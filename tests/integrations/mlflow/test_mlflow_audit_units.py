@@ -107,13 +107,24 @@ def test_record_row_and_table_merge_is_idempotent() -> None:
         step=5,
     )
     assert rec["step"] == 5 and rec["id_score"] is None
-    row = verdict_row(rec, "k:1:0")
+    row = verdict_row(rec, "k:1:0", time_ms=1_700_000_000_000)
     assert row["n_series"] == 1 and json.loads(row["series"])[0]["views"] == 3
-    assert json.loads(row["top_negatives"]) == ["dog"] and row["site_note"] == "x"
+    assert row["top_negatives"] == "dog" and row["site_note"] == "x"  # readable text, not JSON
+    assert row["time"] == "2023-11-14T22:13:20Z"
     table = merge_verdict_tables(None, [row])
     again = merge_verdict_tables(table, [row, dict(row, record_id="k:2:0")])
     assert len(table["data"]) == 1 and len(again["data"]) == 2
-    assert again["columns"][:4] == ["record_id", "step", "study", "verdict"]
+    # the auditor's reading order first; the bulky series JSON and the bookkeeping last
+    assert again["columns"][:8] == ["time", "study", "verdict", "id_score", "threshold", "why", "top_negatives",
+                                    "reason"]
+    assert row["why"] == "1/1 series OOD"
+    columns = again["columns"]
+    assert columns[-2:] == ["step", "record_id"] and columns.index("series") < columns.index("site_note")
+    # no DICOM columns for records without series (MONAI runs); the classifier's output gets a column
+    monai = verdict_row(normalise_verdict_record({"study": "p1", "verdict": "accept", "id_score": 0.9,
+                                                  "classifier_output": "class 1"}), "k:3:0")
+    assert "series" not in monai and "n_series" not in monai and monai["classifier_output"] == "class 1"
+    assert merge_verdict_tables(None, [monai])["columns"][8] == "classifier_output"
 
 
 def test_store_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

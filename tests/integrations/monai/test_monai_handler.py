@@ -17,7 +17,13 @@ from monai.handlers import MLFlowHandler
 from monai_testing import SALT, batch_of, eval_loader, make_network
 
 from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
-from tanl_guard.integrations.monai import BatchVerdicts, GuardedInferer, OODAuditHandler, items_from_meta
+from tanl_guard.integrations.monai import (
+    BatchVerdicts,
+    GuardedInferer,
+    HashedFilenames,
+    OODAuditHandler,
+    items_from_meta,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::pandas.errors.Pandas4Warning",
@@ -74,9 +80,14 @@ def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_pat
     assert run.info.status == "FINISHED"
     # MONAI's handler and ours share the run: its params beside ours
     assert run.data.params["max_epochs"] == "1"
-    assert run.data.params["guard.detector"] == "tanl"
-    assert run.data.params["monai.on_reject"] == "skip"
+    params = run.data.params
+    assert params["detector"] == "tanl" and params["threshold"] == str(fresh_guard.policy.threshold)
+    assert json.loads(params["id_labels"]) == ["brain MRI"], "what the guard stands for is in the run"
+    assert params["corpus_size"] == str(len(fresh_guard.corpus)) and params["reference_images"] == "5"
+    assert params["encoder"] == fresh_guard.encoder.id and params["encoder"].startswith("surrogate")
+    assert params["monai.on_reject"] == "skip" and params["monai.base_inferer"] == "SimpleInferer"
     assert run.data.tags["encoder.id"].startswith("surrogate")
+    assert run.data.tags["corpus.sha256"] == fresh_guard.corpus.sha256
     assert run.data.tags["classifier.id"] == "DenseNet"
     metrics = run.data.metrics
     assert metrics["screen/accepted"] == 4 and metrics["screen/rejected"] == 2
@@ -102,6 +113,14 @@ def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_pat
     assert all(re.fullmatch(r"[0-9a-f]{16}", r["study"]) for r in rows)
     assert len({r["study"] for r in rows}) == 6
     assert all(r["classified"] is (r["verdict"] == "accept") for r in rows)
+    assert all(r["id_label"] == "brain MRI" for r in rows)
+    # the classifier's output (logits at FORWARD_COMPLETED) beside each verdict it was computed for, none otherwise
+    for r in rows:
+        if r["classified"]:
+            logits = json.loads(r["prediction"])
+            assert len(logits) == 2 and r["predicted_class"] == max(range(2), key=logits.__getitem__)
+        else:
+            assert r.get("prediction") is None and r.get("predicted_class") is None
 
     snapshot = json.loads(
         Path(client.download_artifacts(run_id, "state/step_000006.json", str(tmp_path / "s"))).read_text()
@@ -134,8 +153,50 @@ def test_bare_engine_without_mlflow_saves_state(fresh_guard, brain_slices, photo
     assert [r["verdict"] for r in handler.last_records] == ["accept", "reject"]
     assert all(r["study"] is None for r in handler.last_records)  # no file names in the batch
     assert handler.last_records[1]["reason"].endswith("not classified")
+    accepted, rejected = handler.last_records
+    assert len(accepted["prediction"]) == 2 and accepted["predicted_class"] in (0, 1)
+    assert "prediction" not in rejected, "a rejected item has no classifier output under on_reject='nan'"
+    assert "series" not in accepted, "no empty DICOM fields in MONAI records"
     assert (tmp_path / "state.pt").is_file()
     assert handler.last_checkpoint_step == 2
+
+
+def test_verdict_report_and_predictions_csv_join_on_hashed_keys(fresh_guard, eval_files, tmp_path: Path):
+    """The handler's JSON-lines report and MONAI's ClassificationSaver (keyed by HashedFilenames) describe the same
+    items under the same salted keys, with no file name in either; rejected items have NaN predictions."""
+    import csv
+    import math
+
+    from monai.handlers import ClassificationSaver, from_engine
+
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=eval_loader(eval_files),
+        network=make_network(),
+        inferer=GuardedInferer(guard=fresh_guard, on_reject="skip"),
+    )
+    report = tmp_path / "out" / "verdicts.jsonl"
+    OODAuditHandler(salt=SALT, event="iteration", report_path=report).attach(evaluator)
+    ClassificationSaver(
+        output_dir=str(tmp_path / "out"), batch_transform=HashedFilenames(salt=SALT), output_transform=from_engine(["pred"])
+    ).attach(evaluator)
+    evaluator.run()
+
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    text = (tmp_path / "out" / "predictions.csv").read_text()
+    assert "DOE" not in text and ".npy" not in text and "DOE" not in report.read_text()
+    rows = {row[0]: [float(v) for v in row[1:]] for row in csv.reader(text.splitlines())}
+    assert [r["verdict"] for r in records] == ["accept", "reject", "accept", "reject", "accept", "accept"]
+    assert [r["step"] for r in records] == [3, 3, 3, 6, 6, 6]
+    assert set(rows) == {r["study"] for r in records} and len(rows) == 6
+    for r in records:
+        if r["verdict"] == "accept":
+            assert rows[r["study"]] == pytest.approx(r["prediction"], abs=1e-5)
+        else:
+            assert all(math.isnan(v) for v in rows[r["study"]]) and "prediction" not in r
+    # a second run starts a fresh report
+    evaluator.run()
+    assert len(report.read_text().splitlines()) == 6
 
 
 def test_handler_arguments():

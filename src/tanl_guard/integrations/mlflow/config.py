@@ -10,16 +10,21 @@ from urllib.parse import unquote, urlparse
 
 __all__ = [
     "AuditConfig",
+    "TRACKING_SCHEMES",
     "resolve_tracking_uri",
     "check_tracking_uri",
     "default_artifact_location",
     "default_journal_dir",
     "sqlite_path",
+    "existing_store",
 ]
 
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR_NAME = "mlartifacts"
 JOURNAL_DIR_NAME = "tanl_guard_journal"
+# Stores MLflow itself can open (a database, optionally with its driver as in ``postgresql+psycopg2``, or a tracking
+# server); anything else fails only later, in the background, so it is refused up front.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
 @dataclass(frozen=True)
@@ -95,13 +100,14 @@ class AuditConfig:
 
 
 def check_tracking_uri(uri: str) -> str:
-    """Refuse the MLflow file store and return ``uri`` unchanged otherwise.
+    """Refuse the MLflow file store and unknown schemes; return ``uri`` unchanged otherwise.
 
     Args:
         uri: an MLflow tracking URI.
 
     Raises:
-        ValueError: for ``file:`` URIs and bare paths, which MLflow maps to the deprecated file store.
+        ValueError: for ``file:`` URIs and bare paths (MLflow's deprecated file store), and for schemes MLflow
+            cannot open (see :data:`TRACKING_SCHEMES`).
     """
     if not isinstance(uri, str) or not uri.strip():
         raise ValueError("tracking URI must be a non-empty string")
@@ -112,6 +118,11 @@ def check_tracking_uri(uri: str) -> str:
             f"tracking URI {uri!r} selects MLflow's file store (./mlruns), which is deprecated and refused by "
             "MLflow >= 3.13. Use a database, e.g. 'sqlite:////abs/path/mlflow.db', or a tracking server, "
             "e.g. 'http://127.0.0.1:5000'."
+        )
+    if scheme.split("+", 1)[0] not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"tracking URI scheme {scheme!r} is not one MLflow can log to; use one of "
+            f"{', '.join(TRACKING_SCHEMES)} (e.g. 'sqlite:////abs/path/mlflow.db' or 'http://127.0.0.1:5000')"
         )
     return uri
 
@@ -166,3 +177,23 @@ def default_journal_dir(tracking_uri: str) -> Path:
     db = sqlite_path(tracking_uri)
     base = db.parent if db is not None else Path.cwd()
     return (base / JOURNAL_DIR_NAME).resolve()
+
+
+def existing_store(tracking_uri: str | None = None) -> str:
+    """The resolved tracking URI for reading, refusing a SQLite store that does not exist yet.
+
+    Opening a missing SQLite file would create an empty ``mlflow.db`` (and run MLflow's migrations) just to find
+    nothing in it; readers (``audit summary``, ``state show``) call this instead, so that a read never writes.
+
+    Args:
+        tracking_uri: explicit URI, or ``None`` (see :func:`resolve_tracking_uri`).
+
+    Raises:
+        LookupError: when the URI names a SQLite file that does not exist.
+        ValueError: for a file store or an unknown scheme.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise LookupError(f"no MLflow store at {db}: nothing was logged there (pass --tracking-uri)")
+    return uri

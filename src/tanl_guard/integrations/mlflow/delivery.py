@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tanl_guard._offline import disable_telemetry
 from tanl_guard._optional import optional_import
 
 from .journal import DeliveryMarker, Journal
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 TABLE_ARTIFACT = "audit/verdicts.json"
 RUN_KEY_TAG = "tanl_guard.run_key"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # what log_table sets; load_table finds runs by it
+# MLflow 3's UI opens an experiment in its GenAI view unless it knows it is a model-development one.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_LINES_PER_PASS = 500
 TABLE_CACHE = "verdicts_table_cache.json"
 
@@ -72,6 +76,9 @@ def make_client(tracking_uri: str) -> Any:
     Args:
         tracking_uri: a resolved tracking URI.
     """
+    disable_telemetry()
+    # MLflow's download bars would land in the middle of our own output (and its JSON).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow = optional_import("mlflow", "mlflow", "the MLflow audit trail")
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
@@ -84,21 +91,27 @@ def _is_permanent(exc: BaseException) -> bool:
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     """Id of experiment ``name``, creating it (with ``artifact_location`` when given) if missing.
 
+    An experiment without an ``mlflow.experimentKind`` tag gets ``custom_model_development``, so that the MLflow 3
+    UI opens it in its "Model training" view (runs, metrics, artifacts) rather than the GenAI one.
+
     Args:
         client: an ``MlflowClient``.
         name: experiment name.
         artifact_location: artifact root for a new experiment, or ``None`` for the store's default.
     """
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # lost a creation race with another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return exp_id
+        except Exception:  # lost a creation race with another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _n_records(entry: dict[str, Any]) -> int:
@@ -150,7 +163,7 @@ def _upload_table(
     client: Any, run_id: str, journal: Journal, lines: list[dict[str, Any]], marker: DeliveryMarker, tmp: Path
 ) -> None:
     rows = [
-        verdict_row(record, f"{journal.key}:{idx}:{i}")
+        verdict_row(record, f"{journal.key}:{idx}:{i}", entry.get("t"))
         for idx, entry in enumerate(lines)
         if entry.get("kind") == "verdicts"
         for i, record in enumerate(entry.get("records") or [])
@@ -181,6 +194,19 @@ def _upload_table(
     entry = {"path": TABLE_ARTIFACT, "type": "table"}
     if entry not in logged:
         client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + [entry]))
+
+
+def _dataset_input(entities: Any, entry: dict[str, Any]) -> Any:
+    """An MLflow ``DatasetInput`` from a journalled ``dataset`` entry (name, digest, counts; never a path)."""
+    dataset = entities.Dataset(
+        name=entry["name"],
+        digest=entry["digest"],
+        source_type="tanl-guard",
+        source=json.dumps({"kind": entry.get("source_kind", entry["name"])}),
+        profile=json.dumps(entry.get("profile") or {}, sort_keys=True),
+    )
+    tags = [entities.InputTag("mlflow.data.context", entry.get("context") or "screening")]
+    return entities.DatasetInput(dataset, tags)
 
 
 def _terminate(client: Any, run_id: str, status: str, end_time: int | None) -> None:
@@ -216,6 +242,7 @@ def _deliver_pass(
     metrics: list[Any] = []
     has_verdicts = False
     uploads: list[dict[str, Any]] = []
+    datasets: list[Any] = []
     end_entry: dict[str, Any] | None = None
     for entry in lines[start:stop]:
         kind = entry.get("kind")
@@ -233,6 +260,8 @@ def _deliver_pass(
             has_verdicts = True
         elif kind in ("state", "artifact"):
             uploads.append(entry)
+        elif kind == "dataset":
+            datasets.append(_dataset_input(entities, entry))
         elif kind == "end":
             end_entry = entry
         elif kind != "start":
@@ -242,6 +271,8 @@ def _deliver_pass(
     refused += _log_batch(client, run_id, "params", [entities.Param(k, v) for k, v in params.items()])
     refused += _log_batch(client, run_id, "tags", [entities.RunTag(k, v) for k, v in tags.items()])
     refused += _log_batch(client, run_id, "metrics", metrics)
+    if datasets:
+        client.log_inputs(run_id, datasets=datasets)
     with tempfile.TemporaryDirectory(prefix="tanl_guard_audit_") as tmpdir:
         tmp = Path(tmpdir)
         if has_verdicts:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -13,44 +13,28 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tanl_guard._offline import disable_telemetry
 from tanl_guard._optional import optional_import
 
+from .backfill import backfill_journals
 from .config import AuditConfig
 from .delivery import RUN_KEY_TAG, DeliveryResult, deliver, make_client
 from .journal import DeliveryMarker, Journal, new_run_key
 from .params import MAX_TAG_VALUE_LENGTH, config_sha256, flatten_params, package_version, truncate
 from .privacy import check_hashed_key, check_no_phi
 from .records import normalise_verdict_record
-from .snapshot import selection_churn, to_json_safe
+from .snapshot import FINAL_STATE_ARTIFACT, state_metrics, to_json_safe
+from .thumbnails import THUMBNAIL_FOLDER, write_thumbnail
 
 __all__ = ["AuditLogger", "RUN_STATUSES"]
 
 logger = logging.getLogger(__name__)
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+END_REASON_TAG = "audit.end_reason"
 _COUNT_METRICS = {"accept": "screen/accepted", "reject": "screen/rejected", "unreadable": "screen/unreadable"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def _to_uint8_image(image: Any) -> Any:
-    np = optional_import("numpy", "numpy")
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # channel-first (MONAI/torch) -> channel-last (PIL)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"a thumbnail must be a 2D grey or 3D colour image, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = arr.astype(np.float64)
-        finite = np.isfinite(arr)
-        lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 1.0)
-        arr = np.where(finite, arr, lo)
-        arr = ((arr - lo) / (hi - lo) * 255.0) if hi > lo else np.zeros_like(arr)
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return arr
+_DIGEST = re.compile(r"^[0-9a-f]{8,128}$")
 
 
 class AuditLogger:
@@ -63,17 +47,21 @@ class AuditLogger:
 
     Example::
 
+        description = describe_guard(guard, entry_point="nightly")        # tanl_guard.guard.describe
         with AuditLogger(AuditConfig(run_name="nightly")) as audit:
-            audit.start(params={"tanl": {"alpha": 0.5}}, tags={"encoder.id": "biomedclip"})
+            audit.start(params=description.params, tags=description.tags)
             audit.log_verdicts(records, step=64)
-            audit.log_state({"selected_negatives": [...], "threshold": 0.41}, step=64)
-            audit.log_artifact_file("final.pt", "state")
+            audit.log_state(guard.snapshot(), step=64)
+            audit.log_final_state("tanl_guard_state.pt")                  # -> state/final.pt
+
+    A run whose caller raised inside the ``with`` block ends ``FAILED`` and releases its journal.
 
     Args:
         config: where and how to log; the default logs to ``sqlite:///<cwd>/mlflow.db``.
     """
 
     def __init__(self, config: AuditConfig | None = None) -> None:
+        disable_telemetry()  # the only connections made are to the tracking URI
         optional_import("mlflow", "mlflow", "the MLflow audit trail")  # fail here, not silently in a thread
         self.config = config or AuditConfig()
         self.tracking_uri = self.config.resolved_tracking_uri()
@@ -92,9 +80,11 @@ class AuditLogger:
         self._delivered = 0  # journal lines delivered (the marker offset)
         self._lines: list[tuple[str, int]] = []  # (kind, verdict records) per journal line
         self._counts = dict.fromkeys(_COUNT_METRICS, 0)
+        self._orphans = 0
         self._screened = 0
         self._unflushed = 0
         self._prev_negatives: list[str] | None = None
+        self._state_metrics_step: int | None = None
         self._n_files = 0
 
     # ---- properties --------------------------------------------------------------------------------------
@@ -131,18 +121,21 @@ class AuditLogger:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
         resume_run_id: str | None = None,
+        run_name: str | None = None,
     ) -> str | None:
         """Open the run: back-fill earlier pending journals, journal the params and tags, create the run
         (waiting at most ``config.start_timeout_s``).
 
-        Tags added automatically: ``tanl_guard.version``, ``config.sha256`` (of ``params``, unless given) and
-        ``tanl_guard.run_key``. Pass ``encoder.id``, ``encoder.weights_sha256``, ``corpus.sha256``,
-        ``classifier.id`` and ``site`` in ``tags``.
+        Tags added automatically: ``tanl_guard.version``, ``config.sha256`` (always of ``params``, so the same
+        settings give the same digest whoever starts the run) and ``tanl_guard.run_key``. Describe a guard with
+        :func:`tanl_guard.guard.describe_guard`, which gives the params, the encoder, corpus and source tags and a
+        run name in one place.
 
         Args:
             params: every setting, nested mappings allowed (flattened to ``a.b.c`` keys).
             tags: run tags (values are converted to text).
             resume_run_id: log into this existing run instead of creating one (``screen --resume``).
+            run_name: the run name when ``config.run_name`` is not set.
 
         Returns:
             The run id, or ``None`` when MLflow could not be reached within ``start_timeout_s``; the run is then
@@ -162,13 +155,14 @@ class AuditLogger:
         if self.config.backfill_on_start:
             self.backfill()
         key = new_run_key()
-        run_tags = {"tanl_guard.version": package_version(), "config.sha256": config_sha256(params)}
+        run_tags = {"tanl_guard.version": package_version()}
         run_tags.update({str(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in tags.items()})
+        run_tags["config.sha256"] = config_sha256(params)
         run_tags[RUN_KEY_TAG] = key
         header = {
             "tracking_uri": self.tracking_uri,
             "experiment": self.config.experiment,
-            "run_name": self.config.run_name,
+            "run_name": self.config.run_name or run_name,
             "artifact_location": self.config.resolved_artifact_location(),
             "run_id": resume_run_id,
             "resume_run_id": resume_run_id,
@@ -188,13 +182,15 @@ class AuditLogger:
         self.flush(timeout_s=self.config.start_timeout_s)
         return self._run_id
 
-    def finish(self, status: str = "FINISHED") -> bool:
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> bool:
         """Close the run: journal the end status, flush (bounded) and release the journal.
 
         Also uploads ``corpus/selected_negatives.txt`` when :meth:`log_state` saw ``selected_negatives``.
 
         Args:
             status: ``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``.
+            reason: why the run ended that way, as tag ``audit.end_reason`` (e.g. ``"SIGTERM"`` or an exception's
+                type name; never an exception text, which may hold paths).
 
         Returns:
             ``True`` when everything reached MLflow; ``False`` when entries stay pending for a back-fill.
@@ -205,6 +201,8 @@ class AuditLogger:
             return self.pending["entries"] == 0
         if self._prev_negatives is not None:
             self._log_text("\n".join(self._prev_negatives) + "\n", "corpus/selected_negatives.txt")
+        if reason:
+            self._append([{"kind": "tags", "tags": {END_REASON_TAG: truncate(str(reason), 250)}}])
         self._append([{"kind": "end", "status": status}])
         self._finished = True
         self.flush()
@@ -231,14 +229,40 @@ class AuditLogger:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._journal is not None and not self._finished:
-            self.finish("FAILED" if exc_type is not None else "FINISHED")
+            if exc_type is None:
+                self.finish("FINISHED")
+            else:
+                self.fail(exc_type)
+
+    def fail(self, error: BaseException | type[BaseException] | str | None = None) -> bool:
+        """End the run ``FAILED`` (``KILLED`` for a keyboard interrupt), release the journal and say so.
+
+        For callers whose work raised: the run does not stay ``RUNNING`` and the journal lock is released. The
+        warning and the ``audit.end_reason`` tag name the exception type only (its text may hold paths).
+
+        Args:
+            error: the exception (or its type, or a short reason).
+
+        Returns:
+            Whether everything reached MLflow (as :meth:`finish`).
+        """
+        if isinstance(error, BaseException):
+            error = type(error)
+        name = error.__name__ if isinstance(error, type) else (str(error) if error else "error")
+        status = "KILLED" if name == "KeyboardInterrupt" else "FAILED"
+        if self._journal is None or self._finished:
+            return self.pending["entries"] == 0
+        logger.warning("audit run %s ended %s (%s)", self._run_id or self.run_key, status, name)
+        return self.finish(status, reason=f"exception: {name}" if isinstance(error, type) else name)
 
     # ---- logging -----------------------------------------------------------------------------------------
     def log_verdicts(self, records: Iterable[Mapping[str, Any]], step: int | None = None) -> None:
         """Journal per-study verdict records and the screening metrics at ``step``.
 
         Metrics logged (step = studies screened): ``screen/accepted``, ``screen/rejected``,
-        ``screen/unreadable`` (cumulative counts), ``screen/studies``, ``screen/reject_rate`` (rejected over
+        ``screen/unreadable`` (cumulative counts of studies), ``screen/studies``, ``screen/orphan_files``
+        (unreadable files of no study: ``"study": null``; not studies, as in
+        :func:`tanl_guard.guard.count_studies`), ``screen/reject_rate`` (rejected over
         accepted + rejected: unreadable studies are not judged), ``gate/id_score_mean`` (this batch) and
         ``gate/threshold`` (the last threshold in this batch), unless ``config.auto_metrics`` is off. Flushes
         when ``batch_size`` records are waiting.
@@ -254,16 +278,20 @@ class AuditLogger:
         recs = [normalise_verdict_record(r) for r in records]
         if not recs:
             return
-        step = self._screened + len(recs) if step is None else int(step)
-        self._screened = max(self._screened + len(recs), step)
+        orphans = sum(1 for r in recs if r.get("study") is None and r["verdict"] == "unreadable")
+        studies = len(recs) - orphans
+        step = self._screened + studies if step is None else int(step)
+        self._screened = max(self._screened + studies, step)
         for rec in recs:
-            rec.setdefault("step", step)
             if rec.get("step") is None:
                 rec["step"] = step
-            self._counts[rec["verdict"]] += 1
+            if not (rec.get("study") is None and rec["verdict"] == "unreadable"):
+                self._counts[rec["verdict"]] += 1
+        self._orphans += orphans
         metrics: dict[str, float] = {name: float(self._counts[v]) for v, name in _COUNT_METRICS.items()}
         judged = self._counts["accept"] + self._counts["reject"]
         metrics["screen/studies"] = float(sum(self._counts.values()))
+        metrics["screen/orphan_files"] = float(self._orphans)
         metrics["screen/reject_rate"] = self._counts["reject"] / judged if judged else 0.0
         scores = [r["id_score"] for r in recs if r.get("id_score") is not None]
         if scores:
@@ -294,56 +322,83 @@ class AuditLogger:
                 [{"kind": "metrics", "step": self._screened if step is None else int(step), "metrics": values}]
             )
 
-    def log_state(self, snapshot: Mapping[str, Any], step: int | None = None) -> None:
-        """Journal a detector/guard snapshot, uploaded as ``state/step_<n>.json`` (n zero-padded to 6 digits).
+    def log_state(self, snapshot: Mapping[str, Any], step: int | None = None, save_snapshot: bool = True) -> None:
+        """Journal the detector metrics of a snapshot and (by default) the snapshot itself.
 
-        Recognised keys also give metrics (unless ``config.auto_metrics`` is off): ``selected_negatives`` (a list of names) ->
-        ``state/negatives_churn`` (Jaccard distance to the previous snapshot's selection, see
-        :func:`selection_churn`); ``queue_sizes`` (``{"pos": n, "neg": m}``) or ``pos_queue``/``neg_queue`` ->
-        ``state/pos_queue``, ``state/neg_queue``.
+        The snapshot is uploaded as ``state/step_<n>.json`` (n zero-padded to 6 digits) unless ``save_snapshot``
+        is off: call it with ``save_snapshot=False`` after every gate batch for the metric curves, and with the
+        default at checkpoints. Metrics (unless ``config.auto_metrics`` is off; at most once per step):
+        ``state/threshold``; ``state/negatives_churn`` (Jaccard distance of ``selected_negatives`` to the previous
+        call's, see :func:`selection_churn`); ``state/pos_queue`` and ``state/neg_queue`` (from ``pos_queue``/
+        ``neg_queue`` or ``queue_sizes: {"pos", "neg"}``); ``state/images_screened``.
 
         Args:
-            snapshot: any JSON-safe mapping (numpy/torch values are converted).
+            snapshot: any JSON-safe mapping (numpy/torch values are converted), e.g. ``guard.snapshot()``.
             step: studies screened when it was taken (default: the running count).
+            save_snapshot: also upload the snapshot as an artifact.
         """
         self._require_started()
         check_no_phi(snapshot, "state snapshot")
         data = to_json_safe(dict(snapshot))
         step = self._screened if step is None else int(step)
-        metrics: dict[str, float] = {}
-        negatives = data.get("selected_negatives")
-        if isinstance(negatives, list):
-            negatives = [str(n) for n in negatives]
-            if self._prev_negatives is not None:
-                metrics["state/negatives_churn"] = selection_churn(self._prev_negatives, negatives)
-            self._prev_negatives = negatives
-        queues = dict(data.get("queue_sizes") or {}) if isinstance(data.get("queue_sizes"), dict) else {}
-        for name in ("pos", "neg"):
-            value = data.get(f"{name}_queue", queues.get(name))
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                metrics[f"state/{name}_queue"] = float(value)
-        entries: list[dict[str, Any]] = [{"kind": "state", "step": step, "snapshot": data}]
-        if metrics and self.config.auto_metrics:
-            entries.append({"kind": "metrics", "step": step, "metrics": metrics})
-        self._append(entries)
+        entries: list[dict[str, Any]] = []
+        if save_snapshot:
+            entries.append({"kind": "state", "step": step, "snapshot": data})
+        if self._state_metrics_step != step:  # a checkpoint right after a batch adds no second point
+            metrics, self._prev_negatives = state_metrics(data, self._prev_negatives)
+            if metrics and self.config.auto_metrics:
+                entries.append({"kind": "metrics", "step": step, "metrics": metrics})
+            self._state_metrics_step = step
+        if entries:
+            self._append(entries)
 
     def log_artifact_file(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Journal a file for upload, e.g. the final detector state ``state/final.pt`` for ``--resume``.
+        """Journal a file for upload under its own name (for the saved state use :meth:`log_final_state`).
 
         The file is copied into the journal folder first, so it survives until delivered.
 
         Args:
             path: the local file.
-            artifact_path: folder in the run's artifacts (``None``: the root), e.g. ``"state"``.
+            artifact_path: folder in the run's artifacts (``None``: the root).
         """
         self._require_started()
-        source = Path(path)
-        if not source.is_file():
-            raise FileNotFoundError(f"no such file: {source}")
-        rel = self._blob_path(source.name)
-        shutil.copyfile(source, self._journal.files_dir / rel)
-        self._fsync_file(self._journal.files_dir / rel)
-        self._append([{"kind": "artifact", "file": rel, "artifact_path": artifact_path}])
+        self._journal_file(Path(path), Path(path).name, artifact_path)
+
+    def log_final_state(self, path: str | Path) -> None:
+        """Journal the run's saved state (a signed checkpoint or guard state) as ``state/final.pt``.
+
+        Whatever the local file is called, it is uploaded at :data:`FINAL_STATE_ARTIFACT`, where
+        :func:`download_state`, :func:`audit_summary` and ``tanl-guard state show RUN_ID`` look for it. A later
+        call replaces the earlier upload.
+
+        Args:
+            path: the local state file (``tanl_guard.pipeline.save_checkpoint`` or ``save_guard_state``).
+        """
+        self._require_started()
+        folder, _, name = FINAL_STATE_ARTIFACT.rpartition("/")
+        self._journal_file(Path(path), name, folder)
+
+    def log_dataset(self, name: str, digest: str, context: str, profile: Mapping[str, Any] | None = None) -> None:
+        """Journal an input of the run as an MLflow dataset: a name, a content digest and counts, never a path.
+
+        Args:
+            name: what it is, e.g. ``"screened folder"`` or ``"reference images"``.
+            digest: a hex digest of its content (e.g. SHA-256 over the salted study keys).
+            context: its role, tag ``mlflow.data.context`` (``"screening"``, ``"reference"``).
+            profile: counts shown beside it (numbers only), e.g. ``{"studies": 18, "files": 25}``.
+
+        Raises:
+            ValueError: for a digest that is not hex, or a profile with non-numeric values.
+        """
+        self._require_started()
+        if not isinstance(digest, str) or not _DIGEST.match(digest):
+            raise ValueError(f"a dataset digest must be 8-128 lower-case hex characters, got {digest!r}")
+        counts = dict(profile or {})
+        check_no_phi(counts, "dataset profile")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in counts.values()):
+            raise ValueError("a dataset profile holds numbers only")
+        self._append([{"kind": "dataset", "name": truncate(str(name), 500), "digest": digest[:36],
+                       "context": str(context), "profile": counts}])
 
     def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
         """Journal a JSON artifact, e.g. ``config/tanl_config.json``.
@@ -352,8 +407,6 @@ class AuditLogger:
             obj: a JSON-safe mapping (converted with :func:`to_json_safe`).
             artifact_file: run-relative path ending in ``.json``.
         """
-        import json
-
         self._require_started()
         check_no_phi(obj, artifact_file)
         self._log_text(json.dumps(to_json_safe(dict(obj)), sort_keys=True, indent=1), artifact_file)
@@ -375,12 +428,11 @@ class AuditLogger:
         if not self.config.log_thumbnails:
             return False
         check_hashed_key(study_key, "study_key")
-        pil = optional_import("PIL.Image", "dicom", "thumbnails")
         rel = self._blob_path(f"{study_key}.png")
         target = self._journal.files_dir / rel
-        pil.fromarray(_to_uint8_image(image)).save(target, format="PNG")
+        write_thumbnail(image, target)
         self._fsync_file(target)
-        self._append([{"kind": "artifact", "file": rel, "artifact_path": "audit/rejected"}])
+        self._append([{"kind": "artifact", "file": rel, "artifact_path": THUMBNAIL_FOLDER}])
         return True
 
     # ---- delivery ----------------------------------------------------------------------------------------
@@ -415,53 +467,29 @@ class AuditLogger:
 
         Scans the journal folder; skips complete journals and journals locked by a live logger. A journal
         whose writer died without ``finish`` is delivered and its run closed as ``KILLED``. Each journal goes
-        to the store recorded in its header. Waits at most ``timeout_s`` (default
-        ``config.backfill_timeout_s``); the rest continues in the background.
+        to the store recorded in its header; one that cannot be delivered (store down, a tracking URI that is
+        not valid) is reported and skipped, and the others are still delivered. Waits at most ``timeout_s``
+        (default ``config.backfill_timeout_s``); the rest continues in the background.
 
         Args:
             timeout_s: the longest to wait.
 
         Returns:
-            One result per journal processed within the wait.
+            One result per journal processed within the wait (``error`` set for the skipped ones).
         """
-        results: list[DeliveryResult] = []
-        done = threading.Event()
-        own = None if self._journal is None else self._journal.path
 
-        def work() -> None:
-            clients: dict[str, Any] = {}
-            try:
-                for journal in Journal.scan(self.journal_dir):
-                    if journal.path == own or journal.load_marker().complete:
-                        continue
-                    if not journal.try_lock():  # a live logger (here or in another process) owns it
-                        continue
-                    try:
-                        uri = journal.header().get("tracking_uri") or self.tracking_uri
-                        if uri not in clients:
-                            clients[uri] = (
-                                self._client if uri == self.tracking_uri and self._client else make_client(uri)
-                            )
-                        results.append(
-                            deliver(
-                                journal,
-                                clients[uri],
-                                max_retries=self.config.max_retries,
-                                backoff_s=self.config.retry_backoff_s,
-                                backfill=True,
-                                close_abandoned=True,
-                            )
-                        )
-                    finally:
-                        journal.unlock()
-            except Exception as exc:  # never let the audit trail break screening
-                logger.warning("audit back-fill stopped: %s", exc)
-            finally:
-                done.set()
+        def client_for(uri: str) -> Any:
+            return self._client if uri == self.tracking_uri and self._client else make_client(uri)
 
-        threading.Thread(target=work, name="tanl-guard-backfill", daemon=True).start()
-        done.wait(self.config.backfill_timeout_s if timeout_s is None else timeout_s)
-        return list(results)
+        return backfill_journals(
+            self.journal_dir,
+            self.tracking_uri,
+            own=None if self._journal is None else self._journal.path,
+            client_for=client_for,
+            max_retries=self.config.max_retries,
+            backoff_s=self.config.retry_backoff_s,
+            timeout_s=self.config.backfill_timeout_s if timeout_s is None else timeout_s,
+        )
 
     # ---- internals ---------------------------------------------------------------------------------------
     def _require_started(self) -> None:
@@ -473,6 +501,14 @@ class AuditLogger:
     def _append(self, entries: list[dict[str, Any]]) -> None:
         self._journal.append(entries)
         self._lines.extend((e["kind"], len(e.get("records") or []) if e["kind"] == "verdicts" else 0) for e in entries)
+
+    def _journal_file(self, source: Path, name: str, artifact_path: str | None) -> None:
+        if not source.is_file():
+            raise FileNotFoundError(f"no such file: {source}")
+        rel = self._blob_path(name)
+        shutil.copyfile(source, self._journal.files_dir / rel)
+        self._fsync_file(self._journal.files_dir / rel)
+        self._append([{"kind": "artifact", "file": rel, "artifact_path": artifact_path}])
 
     def _blob_path(self, name: str) -> str:
         self._n_files += 1
@@ -512,6 +548,7 @@ class AuditLogger:
             return
         for verdict, name in _COUNT_METRICS.items():
             self._counts[verdict] = int(metrics.get(name, 0))
+        self._orphans = int(metrics.get("screen/orphan_files", 0))
         self._screened = int(metrics.get("screen/studies", sum(self._counts.values())))
 
     def _get_client(self) -> Any:

@@ -10,7 +10,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 from typing import Any
 
-__all__ = ["to_json_safe", "snapshot_to_json", "state_artifact_name", "selection_churn"]
+__all__ = ["FINAL_STATE_ARTIFACT", "to_json_safe", "snapshot_to_json", "state_artifact_name", "selection_churn", "state_metrics"]
+
+# The saved state of a run (a signed screening checkpoint, or a signed guard state from the MONAI handler), at one
+# artifact path that every writer (``AuditLogger.log_final_state``) and reader (``download_state``,
+# ``audit_summary``, ``tanl-guard state show RUN_ID``) uses.
+FINAL_STATE_ARTIFACT = "state/final.pt"
 
 
 def to_json_safe(obj: Any) -> Any:
@@ -91,3 +96,42 @@ def selection_churn(prev: Iterable[str] | None, cur: Iterable[str] | None) -> fl
     if not union:
         return 0.0
     return 1.0 - len(a & b) / len(union)
+
+
+def state_metrics(snapshot: Mapping[str, Any], prev_negatives: list[str] | None) -> tuple[dict[str, float], list[str] | None]:
+    """The ``state/*`` metrics of a detector snapshot, and its selection for the next call's churn.
+
+    ``state/threshold``, ``state/images_screened``, ``state/pos_queue`` and ``state/neg_queue`` (from
+    ``pos_queue``/``neg_queue`` or ``queue_sizes: {"pos", "neg"}``), and ``state/negatives_churn`` (the
+    :func:`selection_churn` of ``selected_negatives`` against ``prev_negatives``, when both are known).
+
+    Args:
+        snapshot: a JSON-safe snapshot, e.g. ``guard.snapshot()`` through :func:`to_json_safe`.
+        prev_negatives: the previous snapshot's ``selected_negatives`` (``None``: no churn yet).
+
+    Returns:
+        ``(metrics, negatives)``: the metrics, and the selection to pass as ``prev_negatives`` next time.
+    """
+    metrics: dict[str, float] = {}
+
+    def number(value: Any) -> float | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
+    negatives = snapshot.get("selected_negatives")
+    if isinstance(negatives, list):
+        negatives = [str(n) for n in negatives]
+        if prev_negatives is not None:
+            metrics["state/negatives_churn"] = selection_churn(prev_negatives, negatives)
+    else:
+        negatives = prev_negatives
+    queues = snapshot.get("queue_sizes") if isinstance(snapshot.get("queue_sizes"), Mapping) else {}
+    for name in ("pos", "neg"):
+        value = number(snapshot.get(f"{name}_queue", queues.get(name)))
+        if value is not None:
+            metrics[f"state/{name}_queue"] = value
+    for key, metric in (("threshold", "state/threshold"), ("images_screened", "state/images_screened")):
+        value = number(snapshot.get(key))
+        if value is not None:
+            metrics[metric] = value
+    return metrics, negatives

@@ -10,10 +10,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .config import default_journal_dir, resolve_tracking_uri
+from .config import default_journal_dir, existing_store, resolve_tracking_uri, sqlite_path
 from .delivery import TABLE_ARTIFACT, make_client
 from .journal import Journal
 from .records import VERDICTS
+from .snapshot import FINAL_STATE_ARTIFACT
 
 __all__ = ["audit_summary", "format_audit_summary", "download_state"]
 
@@ -26,6 +27,7 @@ _RUN_TAGS = (
     "config.sha256",
     "site",
     "tanl_guard.run_key",
+    "audit.end_reason",
 )
 
 
@@ -56,22 +58,27 @@ def audit_summary(
     """Summarise one audit run from MLflow (the latest run of ``experiment`` unless ``run_id`` is given).
 
     Counts come from the verdict table (rows de-duplicated by ``record_id``), or from the ``screen/*`` metrics
-    when the run has no table.
+    when the run has no table. A study count is the one of ``tanl-guard screen`` and the demo
+    (:func:`tanl_guard.guard.count_studies`): unreadable files that belong to no study are counted apart, as
+    ``orphan_files``.
 
     Args:
         tracking_uri: the store (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``).
         experiment: experiment to take the latest run from.
         run_id: a specific run.
 
+    Raises:
+        LookupError: no such store (a SQLite file that does not exist is not created), experiment or run.
+
     Returns:
         A JSON-safe dict: ``run_id``, ``run_name``, ``experiment_id``, ``status``, ``start_time``,
         ``end_time`` (ms), ``tags`` (version, encoder, corpus and config hashes), ``studies``, ``counts``
-        (per verdict), ``reject_rate`` (rejected / (accepted + rejected)), ``threshold`` (``last``, ``min``,
+        (per verdict, studies only), ``orphan_files``, ``reject_rate`` (rejected / (accepted + rejected)), ``threshold`` (``last``, ``min``,
         ``max`` over the run), ``id_score_mean``, ``delayed_records``, ``delayed_entries``, ``table_rows``,
         ``state_snapshots`` (artifact paths), ``final_state`` (artifact path or ``None``) and ``metrics``
         (latest values).
     """
-    client = make_client(resolve_tracking_uri(tracking_uri))
+    client = make_client(existing_store(tracking_uri))
     run = _find_run(client, experiment, run_id)
     rid = run.info.run_id
     metrics = dict(run.data.metrics)
@@ -79,7 +86,7 @@ def audit_summary(
     table = _read_table(client, rid)
     counts: Counter[str] = Counter()
     scores: list[float] = []
-    table_rows = 0
+    table_rows = orphans = 0
     if table is not None:
         cols = table.get("columns") or []
         seen: set[Any] = set()
@@ -90,6 +97,9 @@ def audit_summary(
                     continue
                 seen.add(row["record_id"])
             table_rows += 1
+            if row.get("study") is None and row.get("verdict") == "unreadable":  # a file of no study: not a study
+                orphans += 1
+                continue
             counts[str(row.get("verdict"))] += 1
             if isinstance(row.get("id_score"), (int, float)):
                 scores.append(float(row["id_score"]))
@@ -100,10 +110,10 @@ def audit_summary(
             ("unreadable", "screen/unreadable"),
         ):
             counts[verdict] = int(metrics.get(name, 0))
+        orphans = int(metrics.get("screen/orphan_files", 0))
     judged = counts["accept"] + counts["reject"]
     thresholds = [m.value for m in client.get_metric_history(rid, "gate/threshold")]
     state_files = [f.path for f in client.list_artifacts(rid, "state") if not f.is_dir]
-    finals = [p for p in state_files if p.rsplit("/", 1)[-1].startswith("final.")]
     return {
         "run_id": rid,
         "run_name": run.info.run_name,
@@ -114,6 +124,7 @@ def audit_summary(
         "tags": {k: tags[k] for k in _RUN_TAGS if k in tags},
         "studies": sum(counts.values()),
         "counts": {v: counts.get(v, 0) for v in VERDICTS},
+        "orphan_files": orphans,
         "reject_rate": counts["reject"] / judged if judged else 0.0,
         "threshold": {
             "last": thresholds[-1] if thresholds else None,
@@ -124,8 +135,8 @@ def audit_summary(
         "delayed_records": int(tags.get("audit.delayed_records", 0)),
         "delayed_entries": int(tags.get("audit.delayed_entries", 0)),
         "table_rows": table_rows,
-        "state_snapshots": sorted(p for p in state_files if p not in finals),
-        "final_state": finals[0] if finals else None,
+        "state_snapshots": sorted(p for p in state_files if p != FINAL_STATE_ARTIFACT),
+        "final_state": FINAL_STATE_ARTIFACT if FINAL_STATE_ARTIFACT in state_files else None,
         "metrics": metrics,
     }
 
@@ -145,7 +156,8 @@ def format_audit_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"run {summary.get('run_id')} ({summary.get('run_name') or 'unnamed'}): {summary.get('status')}",
         f"studies screened: {summary.get('studies', 0)}  accepted {counts.get('accept', 0)}  "
-        f"rejected {counts.get('reject', 0)}  unreadable {counts.get('unreadable', 0)}",
+        f"rejected {counts.get('reject', 0)}  unreadable {counts.get('unreadable', 0)}  "
+        f"(unreadable files outside any study: {summary.get('orphan_files', 0)})",
         f"reject rate: {summary.get('reject_rate', 0.0):.2%}  mean id_score: {num(summary.get('id_score_mean'))}",
         f"threshold: last {num(thr.get('last'))}  min {num(thr.get('min'))}  max {num(thr.get('max'))}",
         f"delayed records: {summary.get('delayed_records', 0)}  state snapshots: "
@@ -162,13 +174,13 @@ def download_state(
     dst_dir: str | Path | None = None,
     journal_dir: str | Path | None = None,
 ) -> Path:
-    """Fetch a run's final detector state (``state/final.*``) for ``screen --resume``.
+    """Fetch a run's saved state (:data:`FINAL_STATE_ARTIFACT`, ``state/final.pt``) for ``screen --resume``.
 
     When MLflow does not have it (down, or the upload is still pending), the copy kept in the local journal
-    is used instead.
+    is used instead. Nothing is created when the store does not exist.
 
     Args:
-        run_id: the run to resume.
+        run_id: the run.
         tracking_uri: the store (default as in :func:`audit_summary`).
         dst_dir: where to put the file (default: a new temporary folder).
         journal_dir: the journal folder to fall back on (default: next to the store).
@@ -177,30 +189,38 @@ def download_state(
         Path of the local file.
 
     Raises:
-        FileNotFoundError: when neither MLflow nor the journal has a final state for the run.
+        FileNotFoundError: when neither MLflow nor the journal has the saved state of the run.
+        LookupError: when the store does not exist.
     """
     uri = resolve_tracking_uri(tracking_uri)
-    dst = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="tanl_guard_state_"))
-    dst.mkdir(parents=True, exist_ok=True)
-    error: Exception | None = None
-    try:
-        client = make_client(uri)
-        finals = sorted(
-            f.path for f in client.list_artifacts(run_id, "state") if not f.is_dir and "/final." in "/" + f.path
-        )
-        if finals:
-            return Path(client.download_artifacts(run_id, finals[0], str(dst)))
-    except Exception as exc:  # store unreachable: try the journal
-        error = exc
+    db = sqlite_path(uri)
     folder = Path(journal_dir) if journal_dir is not None else default_journal_dir(uri)
+    if db is not None and not db.is_file() and not folder.is_dir():
+        existing_store(uri)  # raises: nothing to read, and nothing is created
+    error: Exception | None = None
+    dst = Path(dst_dir) if dst_dir is not None else None
+    if db is None or db.is_file():
+        try:
+            client = make_client(uri)
+            folder_name = FINAL_STATE_ARTIFACT.rsplit("/", 1)[0]
+            if any(f.path == FINAL_STATE_ARTIFACT for f in client.list_artifacts(run_id, folder_name)):
+                dst = dst or Path(tempfile.mkdtemp(prefix="tanl_guard_state_"))
+                dst.mkdir(parents=True, exist_ok=True)
+                return Path(client.download_artifacts(run_id, FINAL_STATE_ARTIFACT, str(dst)))
+        except Exception as exc:  # store unreachable or run unknown there: try the journal
+            error = exc
+    folder_name, _, name = FINAL_STATE_ARTIFACT.rpartition("/")
     for journal in reversed(Journal.scan(folder)):
         if journal.load_marker().run_id != run_id:
             continue
         for entry in reversed(journal.read()):
-            if entry.get("kind") == "artifact" and entry.get("artifact_path") == "state":
+            if entry.get("kind") == "artifact" and entry.get("artifact_path") == folder_name:
                 source = journal.files_dir / entry["file"]
-                if source.name.startswith("final.") and source.exists():
-                    target = dst / source.name
+                if source.name == name and source.exists():
+                    dst = dst or Path(tempfile.mkdtemp(prefix="tanl_guard_state_"))
+                    dst.mkdir(parents=True, exist_ok=True)
+                    target = dst / name
                     shutil.copyfile(source, target)
                     return target
-    raise FileNotFoundError(f"run {run_id} has no state/final.* artifact" + (f" ({error})" if error else ""))
+    detail = f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})" if error else ""
+    raise FileNotFoundError(f"run {run_id} has no saved state ({FINAL_STATE_ARTIFACT}){detail}")

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tanl_guard._offline import TELEMETRY_OFF
+
 from .config import ARTIFACT_DIR_NAME, resolve_tracking_uri, sqlite_path
 
 __all__ = ["serve_ui", "run_ui", "stop_ui", "wait_for_health"]
@@ -88,7 +90,7 @@ def serve_ui(
         "--port", str(int(port)),
         "--workers", str(int(workers)),
     ]  # fmt: skip
-    env = dict(os.environ)
+    env = dict(os.environ, **TELEMETRY_OFF)  # the server and its UI send no usage telemetry either
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
     try:

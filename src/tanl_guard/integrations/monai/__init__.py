@@ -8,7 +8,7 @@ Needs ``monai`` (and ``pytorch-ignite`` for the handler): ``pip install 'tanl-gu
 from __future__ import annotations
 
 from .gating import gate_batch, run_gated
-from .handler import OODAuditHandler, default_batch_transform, default_output_transform
+from .handler import HashedFilenames, OODAuditHandler, default_batch_transform, default_output_transform
 from .inferer import GuardedInferer
 from .module import GuardedClassifier
 from .transforms import ToGuardViewd
@@ -29,6 +29,7 @@ from .views import guard_views, minmax_unit, parse_view
 __all__ = [
     "GuardedInferer",
     "OODAuditHandler",
+    "HashedFilenames",
     "ToGuardViewd",
     "GuardedClassifier",
     "BatchVerdicts",

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from tanl_guard.pipeline.checkpoint import atomic_torch_save
 
 from .verdicts import items_from_meta
 
-__all__ = ["OODAuditHandler", "default_batch_transform", "default_output_transform"]
+__all__ = ["OODAuditHandler", "HashedFilenames", "default_batch_transform", "default_output_transform"]
 
 ignite_engine = optional_import("ignite.engine", "monai", "the MONAI integration (pytorch-ignite)")
 monai_engines = optional_import("monai.engines", "monai", "the MONAI integration")
@@ -30,6 +32,8 @@ CommonKeys = monai_utils.CommonKeys
 log = logging.getLogger(__name__)
 
 _FILENAME_KEY = "filename_or_obj"
+# A per-item classifier output with more values than this (a segmentation map, say) is not copied into the record.
+MAX_PREDICTION_VALUES = 64
 
 
 def _meta_of(item: Any, image_key: str) -> Any:
@@ -86,6 +90,78 @@ def _filenames(meta: Any, n: int) -> list[str | None]:
     return [None] * n
 
 
+def _study_hasher(salt: str | None) -> Callable[[str], str]:
+    from tanl_guard.dicom.privacy import Hasher, resolve_salt
+
+    hasher = Hasher(resolve_salt(salt))
+    # The absolute path, so that "./data/a.npy" and "/srv/data/a.npy" get one key (names alone would collide).
+    return lambda name: hasher("path", os.path.abspath(name))
+
+
+class HashedFilenames:
+    """A ``batch_transform`` for MONAI savers (``ClassificationSaver``) that names each item by the salted hash of its
+    absolute path, the ``study`` key of :class:`OODAuditHandler`'s records, instead of the path.
+
+    File names of exports often hold patient names, so nothing this package writes carries them; with the same salt
+    the rows of a predictions CSV join the audit records on that key.
+
+    Example code::
+
+        ClassificationSaver(output_dir="eval", batch_transform=HashedFilenames(), output_transform=from_engine(["pred"]))
+
+    Args:
+        salt: the salt (``None``: ``$TANL_GUARD_SALT`` or the per-installation salt, as the handler).
+        batch_transform: ``engine.state.batch -> metadata`` holding ``filename_or_obj`` (default: the image's).
+    """
+
+    def __init__(self, salt: str | None = None, batch_transform: Callable[[Any], Any] = default_batch_transform) -> None:
+        self._hash = _study_hasher(salt)
+        self.batch_transform = batch_transform
+
+    def __call__(self, batch: Any) -> list[dict[str, Any]]:
+        """One metadata dict per item, ``{"filename_or_obj": key}`` (None where the item has no file name).
+
+        Args:
+            batch: ``engine.state.batch``.
+        """
+        meta = self.batch_transform(batch)
+        n = _batch_len(meta)
+        return [{_FILENAME_KEY: None if name is None else self._hash(name)} for name in _filenames(meta, n)]
+
+
+def _batch_len(meta: Any) -> int:
+    if isinstance(meta, Mapping):
+        names = meta.get(_FILENAME_KEY)
+        if isinstance(names, (list, tuple)):
+            return len(names)
+        return 1 if names is not None else 0
+    return len(meta) if isinstance(meta, Sequence) else 0
+
+
+def _prediction_rows(preds: Any, n: int) -> list[Any]:
+    """Each item's classifier output as a plain tensor row, or None when it cannot be told apart per item."""
+    if isinstance(preds, torch.Tensor) and preds.ndim > 0 and preds.shape[0] == n:
+        rows: list[Any] = list(preds)
+    elif isinstance(preds, (list, tuple)) and len(preds) == n:
+        rows = list(preds)
+    else:
+        return [None] * n
+    return [r.as_tensor() if hasattr(r, "as_tensor") else r for r in rows]
+
+
+def _prediction_fields(row: Any) -> dict[str, Any]:
+    """``prediction`` (the output's values) and ``predicted_class`` (their argmax) for a small output row."""
+    if not isinstance(row, torch.Tensor) or row.numel() == 0 or row.numel() > MAX_PREDICTION_VALUES:
+        return {}
+    values = [float(v) for v in row.detach().to("cpu", torch.float64).flatten().tolist()]
+    if not all(math.isfinite(v) for v in values):
+        return {}
+    out: dict[str, Any] = {"prediction": [round(v, 6) for v in values]}
+    if len(values) > 1:
+        out["predicted_class"] = max(range(len(values)), key=values.__getitem__)
+    return out
+
+
 class OODAuditHandler:
     """Audit trail of a guarded MONAI engine: per-item verdicts, screening metrics and detector-state checkpoints.
 
@@ -94,12 +170,20 @@ class OODAuditHandler:
       metadata (written by :class:`~tanl_guard.integrations.monai.GuardedInferer` or
       :class:`~tanl_guard.integrations.monai.GuardedClassifier`; their ``last_result`` is the fallback), the file
       names from ``engine.state.batch`` metadata, and logs one verdict record per item plus the screening
-      metrics, stepped by items seen. File names are logged only as salted hashes (``study`` key), never as paths.
+      metrics, stepped by items seen. File names are logged only as salted hashes of their absolute paths (``study``
+      key), never as paths.
     - Every ``checkpoint_every`` items, on ``EPOCH_COMPLETED`` and on ``COMPLETED``: logs ``guard.snapshot()``
       (``state/step_<n>.json``), saves ``guard.state_dict()`` to ``state_path`` with ``torch.save`` and uploads
       it under ``state/``.
-    - On ``STARTED`` it starts the audit run when the logger has not been started yet; on ``COMPLETED`` it
+    - On ``STARTED`` it starts the audit run when the logger has not been started yet (params and tags from
+      :meth:`describe`: ID labels, corpus, encoder, detector and threshold settings); on ``COMPLETED`` it
       flushes, and finishes the run when ``close_on_complete`` and it started the run.
+
+    A record holds ``study``, ``verdict``, ``id_score``, ``threshold``, ``reason``, ``top_negatives``, ``id_label``
+    (the ID label the gate matched best), ``classified``, ``flagged`` and, for items the classifier ran on,
+    ``prediction`` (the values of its output row; at most 64 values, so not for segmentation maps) and
+    ``predicted_class`` (their argmax). With ``event="forward"`` the output is the network's, before
+    postprocessing (logits); with ``event="iteration"`` it is the postprocessed one (e.g. probabilities).
 
     It shares a run with MONAI's ``MLFlowHandler`` when both use the same tracking URI, experiment and run name:
     attach this handler first, so its run exists when ``MLFlowHandler`` looks for an active run of that name.
@@ -122,10 +206,12 @@ class OODAuditHandler:
         checkpoint_every: checkpoint after every this many items (0: only at epoch end and completion).
         state_path: where ``guard.state_dict()`` is saved (``None``: not saved nor uploaded).
         salt: salt of the file-name hashes (``None``: ``$TANL_GUARD_SALT`` or the per-installation salt).
-        params: run parameters for ``logger.start`` (default: the guard's and the inferer's settings).
-        tags: extra run tags for ``logger.start`` (encoder, corpus and classifier tags are added).
+        params: run parameters for ``logger.start`` (default: :meth:`describe`).
+        tags: extra run tags for ``logger.start`` (added to those of :meth:`describe`).
         event: ``"forward"`` (default, batched verdicts before decollation) or ``"iteration"``.
         close_on_complete: finish the audit run on ``COMPLETED`` when this handler started it.
+        report_path: also write every record as one JSON line to this file (emptied on ``STARTED``), like
+            ``tanl-guard screen --report``; ``None`` writes none.
     """
 
     def __init__(
@@ -141,24 +227,24 @@ class OODAuditHandler:
         tags: Mapping[str, Any] | None = None,
         event: str = "forward",
         close_on_complete: bool = True,
+        report_path: str | os.PathLike | None = None,
     ) -> None:
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
         if event not in ("forward", "iteration"):
             raise ValueError(f"event must be 'forward' or 'iteration', got {event!r}")
-        from tanl_guard.dicom.privacy import Hasher, resolve_salt
-
         self.logger = logger
         self.guard = guard
         self.batch_transform = batch_transform
         self.output_transform = output_transform
         self.checkpoint_every = int(checkpoint_every)
         self.state_path = Path(state_path) if state_path is not None else None
+        self.report_path = Path(report_path) if report_path is not None else None
         self.params = dict(params) if params is not None else None
         self.tags = dict(tags or {})
         self.event = event
         self.close_on_complete = close_on_complete
-        self._hash = Hasher(resolve_salt(salt))
+        self._hash = _study_hasher(salt)
         self._started_run = False
         self.items_seen = 0
         self.counts = {"accept": 0, "reject": 0, "flagged": 0, "classified": 0}
@@ -195,15 +281,18 @@ class OODAuditHandler:
 
     # ------------------------------------------------------------------ events
     def started(self, engine: Any) -> None:
-        """Start the audit run unless the logger was started already.
+        """Empty the report file, and start the audit run unless the logger was started already.
 
         Args:
             engine: the engine.
         """
+        if self.report_path is not None:
+            self.report_path.parent.mkdir(parents=True, exist_ok=True)
+            self.report_path.write_text("", encoding="utf-8")
         if self.logger is None or getattr(self.logger, "run_key", None) is not None:
             return
-        params = self.params if self.params is not None else self._default_params(engine)
-        self.logger.start(params=params, tags={**self._default_tags(engine), **self.tags})
+        params, tags = self.describe(engine)
+        self.logger.start(params=self.params if self.params is not None else params, tags={**tags, **self.tags})
         self._started_run = True
 
     def iteration(self, engine: Any) -> None:
@@ -212,12 +301,14 @@ class OODAuditHandler:
         Args:
             engine: the engine.
         """
-        items = self._verdict_items(engine)
+        preds = self.output_transform(engine.state.output)
+        items = self._verdict_items(engine, preds)
         if items is None:
             log.warning("OODAuditHandler: no gate verdicts on iteration %s", engine.state.iteration)
             return
         names = _filenames(self.batch_transform(engine.state.batch), len(items))
-        records = [self._record(item, name) for item, name in zip(items, names, strict=True)]
+        rows = _prediction_rows(preds, len(items))
+        records = [self._record(*args) for args in zip(items, names, rows, strict=True)]
         before = self.items_seen
         self.items_seen += len(records)
         for item in items:
@@ -225,6 +316,9 @@ class OODAuditHandler:
             self.counts["flagged"] += int(item["flagged"])
             self.counts["classified"] += int(item["classified"])
         self.last_records = records
+        if self.report_path is not None:
+            with self.report_path.open("a", encoding="utf-8") as report:
+                report.writelines(json.dumps({**r, "step": self.items_seen}, sort_keys=True) + "\n" for r in records)
         if self.logger is not None:
             self.logger.log_verdicts(records, step=self.items_seen)
             self.logger.log_metrics(
@@ -280,8 +374,7 @@ class OODAuditHandler:
             if self.logger is not None:
                 self.logger.log_artifact_file(self.state_path, "state")
 
-    def _verdict_items(self, engine: Any) -> list[dict[str, Any]] | None:
-        preds = self.output_transform(engine.state.output)
+    def _verdict_items(self, engine: Any, preds: Any) -> list[dict[str, Any]] | None:
         items = None
         if isinstance(preds, torch.Tensor) and hasattr(preds, "meta"):
             items = items_from_meta(preds.meta)
@@ -294,29 +387,44 @@ class OODAuditHandler:
                     return result.items()
         return items
 
-    def _record(self, item: Mapping[str, Any], name: str | None) -> dict[str, Any]:
+    def _record(self, item: Mapping[str, Any], name: str | None, output: Any) -> dict[str, Any]:
         accepted = bool(item["accepted"])
         score, threshold = float(item["id_score"]), float(item["threshold"])
         reason = None
         if not accepted:
             reason = f"id_score {score:.3f} < threshold {threshold:.3f}"
             reason += "; classified anyway" if item["flagged"] else "; not classified"
-        return {
-            "study": None if name is None else self._hash("path", name),
+        record = {
+            "study": None if name is None else self._hash(name),
             "verdict": "accept" if accepted else "reject",
             "id_score": score,
             "threshold": threshold,
-            "top_negatives": list(item.get("top_negatives") or []),
             "reason": reason,
-            "series": [],
-            "prediction": item.get("prediction"),
+            "top_negatives": list(item.get("top_negatives") or []),
+            "id_label": item.get("prediction"),
             "classified": bool(item["classified"]),
             "flagged": bool(item["flagged"]),
         }
+        if record["classified"]:
+            record.update(_prediction_fields(output))
+        return record
 
-    def _default_params(self, engine: Any) -> dict[str, Any]:
-        guard = self._guard(engine)
+    def describe(self, engine: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """The run's params and tags: what ran (ID labels, corpus, encoder, detector, threshold) and how.
+
+        Params: ``encoder``, ``detector``, ``corpus``, ``corpus_size``, ``id_labels``, ``reference_images``,
+        ``threshold``, ``view_reduction``, ``top_negatives``, ``seed``, ``detector_config`` and ``calibration``
+        (the CLI's names), plus ``monai`` (``on_reject``, ``view``, ``base_inferer``); tags: ``encoder.id``,
+        ``encoder.weights_sha256``, ``corpus.sha256`` and ``classifier.id``.
+
+        Args:
+            engine: the engine (its inferer and network, and the guard when none was given).
+        """
+        # SEAM(audit): one run describer for the CLI, this handler and the listener is being written as
+        # tanl_guard.guard.describe; when it lands, build the guard's params and tags from it here and keep only
+        # the MONAI part ("monai" params, "classifier.id" tag) in this method.
         params: dict[str, Any] = {}
+        tags: dict[str, str] = {}
         inferer = getattr(engine, "inferer", None)
         if hasattr(inferer, "on_reject"):
             params["monai"] = {
@@ -324,33 +432,37 @@ class OODAuditHandler:
                 "view": str(getattr(inferer, "view", "")),
                 "base_inferer": type(getattr(inferer, "base_inferer", None)).__name__,
             }
-        if guard is not None:
-            policy = guard.policy
-            params["guard"] = {
-                "detector": getattr(guard.detector, "name", type(guard.detector).__name__),
-                "threshold": str(policy.threshold),
-                "view_reduction": policy.view_reduction,
-                "top_negatives": policy.top_negatives,
-                "seed": guard.seed,
-            }
-            config = getattr(guard.detector, "config", None)
-            if dataclasses.is_dataclass(config) and not isinstance(config, type):
-                params[params["guard"]["detector"]] = dataclasses.asdict(config)
-        return params
-
-    def _default_tags(self, engine: Any) -> dict[str, str]:
-        tags: dict[str, str] = {}
         network = getattr(engine, "network", None)
         if network is not None:
             tags["classifier.id"] = type(network).__name__
         guard = self._guard(engine)
-        if guard is not None:
-            encoder, corpus = guard.encoder, guard.corpus
-            tags["encoder.id"] = str(getattr(encoder, "id", type(encoder).__name__))
-            try:
-                tags["encoder.weights_sha256"] = str(encoder.weights_sha256)
-            except Exception:  # an encoder without a weights hash: the tag is simply absent
-                pass
-            if hasattr(corpus, "sha256"):
-                tags["corpus.sha256"] = str(corpus.sha256)
-        return tags
+        if guard is None:
+            return params, tags
+        encoder, corpus, anchors, policy = guard.encoder, guard.corpus, guard.anchors, guard.policy
+        image_columns = [i for i, kind in enumerate(anchors.kinds) if kind == "image"]
+        detector = getattr(guard.detector, "name", type(guard.detector).__name__)
+        params.update(
+            encoder=str(getattr(encoder, "id", type(encoder).__name__)),
+            detector=detector,
+            corpus=getattr(corpus, "name", "") or "(unnamed)",
+            corpus_size=len(corpus),
+            id_labels=list(anchors.labels),
+            reference_images=sum(anchors.support[i] for i in image_columns) if anchors.support else len(image_columns),
+            threshold=str(policy.threshold),
+            view_reduction=policy.view_reduction,
+            top_negatives=policy.top_negatives,
+            seed=guard.seed,
+        )
+        config = getattr(guard.detector, "config", None)
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            params["detector_config"] = dataclasses.asdict(config)
+        if guard.calibration:
+            params["calibration"] = dict(guard.calibration)
+        tags["encoder.id"] = params["encoder"]
+        try:
+            tags["encoder.weights_sha256"] = str(encoder.weights_sha256)
+        except Exception:  # an encoder without a weights hash: the tag is simply absent
+            pass
+        if hasattr(corpus, "sha256"):
+            tags["corpus.sha256"] = str(corpus.sha256)
+        return params, tags

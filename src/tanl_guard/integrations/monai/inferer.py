@@ -30,7 +30,7 @@ class GuardedInferer(monai_inferers.Inferer):
       no prediction exists for them.
     - ``"nan"``: the network runs on every item; the rows of rejected items are set to NaN.
     - ``"pass"``: the network runs on every item and the output is unchanged; rejected items are flagged
-      (``ood_flagged``), the semantics of the CLI's ``--classify-rejected``.
+      (``ood_flagged``), so a prediction made on an out-of-distribution input is kept for audit but marked.
 
     The output has the base inferer's shape and is a MetaTensor whose batched metadata carries the verdicts
     (``ood_id_score``, ``ood_accepted``, ``ood_threshold``, ``ood_classified``, ``ood_flagged``,
@@ -42,8 +42,9 @@ class GuardedInferer(monai_inferers.Inferer):
     give ``view`` views along the last (axial) axis: ``"slices:3"`` (default) scores 3 evenly spaced slices per
     volume and reduces their scores per volume by the guard policy's ``view_reduction`` (mean or min);
     ``"mid"`` scores the middle slice; ``"mip"`` a maximum intensity projection. A 3-channel input is read as RGB,
-    any other as its channel 0, and every view is min-max scaled to [0, 1]. Give the guard reference images
-    made the same way (e.g. with :class:`~tanl_guard.integrations.monai.ToGuardViewd`).
+    any other as its channel 0, and every view is min-max scaled to [0, 1], so the inputs may have any intensity
+    range (the classifier's own). Give the guard reference images made the same way (e.g. with
+    :class:`~tanl_guard.integrations.monai.ToGuardViewd`).
 
     The guard owns the online detector state and lives in the main process, next to the network; that is why
     the gate is an inferer and not a transform (DataLoader workers would each fork their own copy of the state).
@@ -63,6 +64,8 @@ class GuardedInferer(monai_inferers.Inferer):
             ``inputs -> images`` returning a (N, C, H, W) tensor in [0, 1] (C = 1 or 3) or a list of
             (H, W)/(H, W, 3) arrays in [0, 1], with N = B (one view per item) or N = B * K (K views per item,
             item-major; their scores are reduced per item by the guard policy). ``None``: the default conversion.
+            Images it returns outside [0, 1] are min-max scaled per image by the encoder, with an
+            ``ImageRangeWarning``.
         view: 3D view spec of the default conversion: ``"slices:K"``, ``"mid"`` or ``"mip"``.
 
     Raises:

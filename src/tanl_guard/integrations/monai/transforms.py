@@ -34,7 +34,8 @@ class ToGuardViewd(monai_transforms.MapTransform):
     - 3D with ``view="slices:K"`` gives ``(K', C', H, W)``, K' <= K evenly spaced axial slices (fewer when the
       volume has fewer than K slices).
 
-    C' is 3 for a 3-channel (RGB) input, else 1 (channel 0). Every view is min-max scaled to [0, 1] on its own.
+    C' is 3 for a 3-channel (RGB) input, else 1 (channel 0). The input may have any intensity range: every view is
+    min-max scaled to [0, 1] on its own, the range the encoders expect (``Guard.score_images``, reference images).
     The output is a float32 ``torch.Tensor`` (not a MetaTensor: a view has no valid affine).
 
     Example code::

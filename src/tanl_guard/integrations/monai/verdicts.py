@@ -7,7 +7,7 @@ Metadata keys (one value per batch item, so MONAI's ``decollate_batch`` splits t
 - ``ood_accepted`` (bool): ``ood_id_score >= ood_threshold``.
 - ``ood_threshold`` (float): the threshold in force for the batch.
 - ``ood_classified`` (bool): the output row is a real classifier prediction (False: NaN, no prediction).
-- ``ood_flagged`` (bool): rejected but classified anyway (``on_reject="pass"``, the CLI's ``--classify-rejected``).
+- ``ood_flagged`` (bool): rejected but classified anyway (``on_reject="pass"``).
 - ``ood_prediction`` (str): the most likely ID label (zero-shot, from the anchors).
 - ``ood_top_negatives`` (str): the activated negative labels that fired most, joined by ``"|"``.
 """
