@@ -82,11 +82,22 @@ class Gate(Protocol):
     def score(self, images: list[np.ndarray]) -> Batch:
         """Score and decide one batch (updates the online state)."""
 
+    def calibrate(self, images: list[np.ndarray], rate: float) -> float:
+        """The threshold accepting ``rate`` of ``images`` as the method's calibrated policy sets it (state kept)."""
+
 
 class Method(Protocol):
-    """Builds a :class:`Gate` for one fold."""
+    """Builds a :class:`Gate` for one fold.
+
+    Attributes:
+        name: the name in results.
+        policies_share_scores: True when a threshold policy changes only the final threshold, not the scores: the
+            harness then builds one adaptive gate per fold and derives the other policies' decisions from its
+            scores (see :func:`benchmarks.protocol.run_method`).
+    """
 
     name: str
+    policies_share_scores: bool
 
     def build(self, encoder: Any, labels: Sequence[str], references: References, policy: ThresholdPolicy,
               context: Mapping[str, Any]) -> Gate:
@@ -119,6 +130,10 @@ class _GuardGate:
         """The guard's audit snapshot (threshold, queues, leading activated negatives)."""
         return self.guard.snapshot()
 
+    def calibrate(self, images: list[np.ndarray], rate: float) -> float:
+        """``Guard.calibrate``: what ``Guard.build`` runs on the references for a calibrated policy."""
+        return float(self.guard.calibrate(list(images), rate=rate))
+
     def score(self, images: list[np.ndarray]) -> Batch:
         result = self.guard.score_images(images)
         scores = result.scores.detach().double().cpu().numpy()
@@ -137,12 +152,17 @@ class GuardMethod:
         config: the detector's configuration (its default when None).
         build_kwargs: further ``Guard.build`` arguments (the defaults when empty).
         name: the name in results (the detector name when empty).
+        policies_share_scores: True (every detector today) when the threshold policy changes only the threshold:
+            ``Guard.build`` with a calibrated policy runs ``Guard.calibrate`` on the references after building the
+            same detector, and a fixed policy compares the same scores with a number, so one guard per fold serves
+            every policy. False builds one guard per policy (a detector calibrated inside ``build``).
     """
 
     detector: str
     config: Any = None
     build_kwargs: Mapping[str, Any] = field(default_factory=dict)
     name: str = ""
+    policies_share_scores: bool = True
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -214,6 +234,9 @@ class _TemplateGate:
     def scores(self, images: list[np.ndarray]) -> np.ndarray:
         return np.array([_thumbnail(img, self.size) @ self.prototype for img in images])
 
+    def calibrate(self, images: list[np.ndarray], rate: float) -> float:
+        return float(np.quantile(self.scores(images), 1.0 - rate, method="lower"))
+
     def score(self, images: list[np.ndarray]) -> Batch:
         s = self.scores(images)
         self.history = np.r_[self.history, s][-20000:]
@@ -240,16 +263,17 @@ class ThumbnailTemplate:
 
     size: int = 32
     name: str = "thumbnail_template"
+    policies_share_scores: bool = True
 
     def build(self, encoder: Any, labels: Sequence[str], references: References, policy: ThresholdPolicy,
               context: Mapping[str, Any]) -> Gate:
         thumbs = np.stack([_thumbnail(img, self.size) for img in references.images])
         proto = thumbs.mean(axis=0)
         proto /= np.linalg.norm(proto)
-        calibration = None
+        gate = _TemplateGate(proto, policy, None, self.size)
         if policy.mode == "calibrated":
-            calibration = float(np.quantile(thumbs @ proto, 1.0 - float(policy.value), method="lower"))
-        return _TemplateGate(proto, policy, calibration, self.size)
+            gate.calibration = gate.calibrate(references.images, float(policy.value))
+        return gate
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "floor: pixel template, no learned weights, no corpus",

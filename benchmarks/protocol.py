@@ -83,7 +83,7 @@ def folds(pool: Pool) -> list[Fold]:
     return out
 
 
-def streams(pool: Pool, fold: Fold, kind: str, seed: int, max_streams: int = 20) -> list[np.ndarray]:
+def streams(pool: Pool, fold: Fold, kind: str, seed: int, max_streams: int = 8) -> list[np.ndarray]:
     """The streams of one fold, each an array of pool indices in stream order.
 
     Args:
@@ -174,35 +174,55 @@ def nested_threshold(method: Method, encoder: Any, labels: Sequence[str], pool: 
 
 def run_method(method: Method, encoder: Any, labels: Sequence[str], pool: Pool, context: Mapping[str, Any],
                policies: Sequence[str] = POLICIES, stream_kinds: Sequence[str] = STREAM_KINDS, batch_size: int = 32,
-               seed: int = 0, max_streams: int = 20, log: Callable[..., None] = print,
+               seed: int = 0, max_streams: int = 8, log: Callable[..., None] = print,
                ) -> tuple[dict[tuple[str, str], Records], dict[str, Any]]:
     """Run one method over every fold, policy and stream kind.
 
+    When ``method.policies_share_scores``, one gate per fold is built with the adaptive policy and streamed once:
+    its own decisions are the ``adaptive`` ones; ``calibrated`` decisions compare the same scores with the
+    threshold ``gate.calibrate`` returns on the fold's references right after the build (what ``Guard.build`` does
+    for a calibrated policy), ``nested`` ones with the nested threshold (the rule of a fixed policy). Otherwise one
+    gate is built per policy and each decides for itself.
+
     Returns:
-        ``(records, info)``: records keyed by (policy, stream kind); info holds per-fold thresholds of the nested
-        policy, the gate's snapshot at the end of each fold's ``all_ood`` stream (first policy) and timings.
+        ``(records, info)``: records keyed by (policy, stream kind); info holds per-fold thresholds of the
+        calibrated and nested policies, the gate's snapshot at the end of each fold's ``all_ood`` stream and
+        timings.
     """
     records: dict[tuple[str, str], Records] = {(p, k): Records() for p in policies for k in stream_kinds}
-    info: dict[str, Any] = {"nested_thresholds": {}, "seconds": {}, "snapshots": {}}
+    info: dict[str, Any] = {"nested_thresholds": {}, "calibrated_thresholds": {}, "seconds": {}, "snapshots": {},
+                            "policies_share_scores": bool(getattr(method, "policies_share_scores", False))}
     for f_i, fold in enumerate(folds(pool)):
         t0 = time.perf_counter()
         refs = References([pool.images[i] for i in fold.reference], pool.group[fold.reference].tolist())
-        for policy_name in policies:
-            if policy_name == "nested":
-                thr = nested_threshold(method, encoder, labels, pool, fold.reference, context, batch_size,
-                                       seed=seed + 97 * f_i)
-                info["nested_thresholds"][fold.name] = thr
-                policy = policy_of("fixed", thr)
-            else:
-                policy = policy_of(policy_name)
-            gate = method.build(encoder, labels, refs, policy, context)
+        fixed: dict[str, float] = {}
+        if "nested" in policies:
+            fixed["nested"] = nested_threshold(method, encoder, labels, pool, fold.reference, context, batch_size,
+                                               seed=seed + 97 * f_i)
+            info["nested_thresholds"][fold.name] = fixed["nested"]
+        if info["policies_share_scores"]:
+            gate = method.build(encoder, labels, refs, policy_of("adaptive"), context)
+            if "calibrated" in policies:
+                fixed["calibrated"] = gate.calibrate(refs.images, 0.95)
+                info["calibrated_thresholds"][fold.name] = fixed["calibrated"]
+            # policy -> the threshold its decisions use (None: the gate's own decisions)
+            runs = [(gate, {p: None if p == "adaptive" else fixed[p] for p in policies})]
+        else:
+            runs = [(method.build(encoder, labels, refs,
+                                  policy_of("fixed", fixed[p]) if p == "nested" else policy_of(p), context), {p: None})
+                    for p in policies]
+        for gate, decided in runs:
             for kind in stream_kinds:
                 for s_i, order in enumerate(streams(pool, fold, kind, seed + 31 * f_i, max_streams)):
-                    rec = records[(policy_name, kind)]
-                    _feed(gate, pool, order, batch_size,
-                          lambda idx, out, rec=rec, s_i=s_i, name=fold.name: rec.add(
-                              idx, name, s_i, out.scores, out.accepted, out.threshold))
-                    if kind == "all_ood" and policy_name == policies[0] and hasattr(gate, "snapshot"):
+                    def sink(idx, out, kind=kind, s_i=s_i, decided=decided, name=fold.name):
+                        for p, thr in decided.items():
+                            if thr is None:
+                                records[(p, kind)].add(idx, name, s_i, out.scores, out.accepted, out.threshold)
+                            else:
+                                records[(p, kind)].add(idx, name, s_i, out.scores, out.scores >= thr, thr)
+
+                    _feed(gate, pool, order, batch_size, sink)
+                    if kind == "all_ood" and s_i == 0 and policies[0] in decided and hasattr(gate, "snapshot"):
                         info["snapshots"][fold.name] = gate.snapshot()  # the state at the end of the stream
         info["seconds"][fold.name] = round(time.perf_counter() - t0, 2)
         log(f"[real]   {method.name}: fold {fold.name} ({fold.test_id.size} ID slices) "

@@ -186,7 +186,7 @@ def run(
     stream_kinds: Sequence[str] = STREAM_KINDS,
     artefacts: Sequence[str] = ARTEFACTS,
     batch_size: int = 32,
-    max_streams: int = 20,
+    max_streams: int = 8,
     n_boot: int = 2000,
     cache_dir: str | None = None,
     embedding_cache: bool = True,
@@ -284,7 +284,8 @@ def run(
                                    seed, max_streams, log)
         cached.save()
         entry = {"method": method.describe(), **_summaries(pool, records, n_boot, seed), "nested_thresholds":
-                 info["nested_thresholds"], "end_of_stream_snapshots": info["snapshots"],
+                 info["nested_thresholds"], "calibrated_thresholds": info["calibrated_thresholds"],
+                 "policies_share_scores": info["policies_share_scores"], "end_of_stream_snapshots": info["snapshots"],
                  "seconds": round(time.perf_counter() - t, 1)}
         results[method.name] = entry
         all_records[method.name] = records
@@ -484,7 +485,7 @@ def build_parser(prog: str = COMMAND) -> argparse.ArgumentParser:
     p.add_argument("--streams", default=",".join(STREAM_KINDS), help="comma-separated: all_ood, id95, id80")
     p.add_argument("--slices-per-volume", type=int, default=None, help="cap per ID volume (default: all usable)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-streams", type=int, default=20, help="ID-majority streams per fold at most")
+    p.add_argument("--max-streams", type=int, default=8, help="ID-majority streams per fold at most")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="corpus embedding cache (default ~/.cache/tanl_guard)")

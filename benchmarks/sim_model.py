@@ -101,7 +101,7 @@ class SimSpec:
 #: The geometry used before the calibration (every far concept at link 0.3, background words unrelated to ID).
 FULL = SimSpec()
 #: The full-size world whose NegLabel / MCM reproduce the paper's ordering and levels (see docs/evaluation.md).
-CALIBRATED = replace(FULL, far_link=(0.0, 0.5), bg_link=(0.0, 0.25))
+CALIBRATED = replace(FULL, far_link=(0.0, 0.5), bg_link=(0.0, 0.35), near_link=0.6)
 
 
 def scaled(spec: SimSpec, size: str) -> SimSpec:

@@ -131,7 +131,7 @@ class SimSize:
     batch_sweep: tuple[int, ...]
     batch_size: int = 256
     window: int = 4
-    calibration_grid: tuple[tuple[float, ...], ...] = ((0.5, 0.6, 0.7, 0.8), (0.15, 0.25, 0.35), (0.6, 0.7, 0.8))
+    calibration_grid: tuple[tuple[float, ...], ...] = ((0.5, 0.6, 0.7), (0.15, 0.25, 0.35), (0.5, 0.6, 0.7))
 
 
 def _streams(far: int, near: int, mixed: tuple[int, int], many: tuple[int, int]) -> tuple[tuple, tuple]:
@@ -362,7 +362,9 @@ def calibrate(size_name: str = "full", threads: int | None = 2, quiet: bool = Fa
     Stage 1 (far stream): the far concepts' and the background words' links to the ID classes, for NegLabel and
     MCM FPR95 (ID-positive) near 25.4 and 43.9 with NegLabel ahead (paper Four-OOD). Stage 2 (near stream), at the
     stage-1 point: the near-ID concepts' look-alike weight, for the paper's OpenOOD near-OOD values (69.45 and 79.02,
-    OOD-positive). Each stage minimises the summed absolute log ratio to its two targets (world seed 0).
+    OOD-positive). Each stage minimises the summed absolute log ratio to its two targets (world seed 0) among the
+    points where neither baseline is worse than the paper reports (fair to the baselines: a weakened baseline would
+    flatter TANL), falling back to all points when there is none; stage 1 also requires NegLabel ahead of MCM.
     """
     set_threads(threads)
     size = SIZES[size_name]
@@ -387,7 +389,13 @@ def calibrate(size_name: str = "full", threads: int | None = 2, quiet: bool = Fa
                        "neglabel_ahead": bool(v["neglabel"] < v["mcm"]), "log_error": error(v, PAPER_FPR95["far"])})
         log(f"[sim] calibrate far_link<={fh} bg_link<={bh}: NegLabel {v['neglabel']:.1f} MCM {v['mcm']:.1f} "
             f"(paper 25.4 / 43.9)")
-    ahead = [g for g in stage1 if g["neglabel_ahead"]] or stage1
+    def fair(v: dict[str, float], targets: dict[str, float]) -> bool:
+        return all(v[m] <= targets[m] for m in ("neglabel", "mcm"))
+
+    for g in stage1:
+        g["baselines_no_worse_than_paper"] = fair(g["fpr95_id_positive"], PAPER_FPR95["far"])
+    ahead = [g for g in stage1 if g["neglabel_ahead"] and g["baselines_no_worse_than_paper"]] or \
+        [g for g in stage1 if g["neglabel_ahead"]] or stage1
     best1 = min(ahead, key=lambda g: g["log_error"])
     stage2 = []
     for nl in near_links:
@@ -396,10 +404,13 @@ def calibrate(size_name: str = "full", threads: int | None = 2, quiet: bool = Fa
         stage2.append({"near_link": nl, "fpr95_ood_positive": v, "neglabel_ahead": bool(v["neglabel"] < v["mcm"]),
                        "log_error": error(v, PAPER_FPR95["near"])})
         log(f"[sim] calibrate near_link={nl}: NegLabel {v['neglabel']:.1f} MCM {v['mcm']:.1f} (paper 69.45 / 79.02)")
-    best2 = min(stage2, key=lambda g: g["log_error"])
+    for g in stage2:
+        g["baselines_no_worse_than_paper"] = fair(g["fpr95_ood_positive"], PAPER_FPR95["near"])
+    best2 = min([g for g in stage2 if g["baselines_no_worse_than_paper"]] or stage2, key=lambda g: g["log_error"])
     res = {"benchmark": "simulation_calibration", "size": size_name, "targets": PAPER_FPR95,
-           "objective": "per stage: sum over NegLabel and MCM of |log(simulated FPR95 / paper FPR95)|; stage 1 among "
-                        "points where NegLabel beats MCM; world seed 0; the baselines only",
+           "objective": "per stage: sum over NegLabel and MCM of |log(simulated FPR95 / paper FPR95)|, minimised among "
+                        "the points where neither baseline is worse than in the paper (stage 1: and NegLabel beats "
+                        "MCM); world seed 0; the baselines only",
            "stage1_far": stage1, "stage2_near": stage2,
            "best": {"far_link": best1["far_link"], "bg_link": best1["bg_link"], "near_link": best2["near_link"]},
            "near_ordering_reproduced": best2["neglabel_ahead"],

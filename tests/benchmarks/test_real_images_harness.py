@@ -104,12 +104,40 @@ def test_harness_runs_the_shipped_guard_with_any_open_clip_spec(tiny_spec, tmp_p
     assert again["results"]["tanl"]["separation"]["all"]["auroc"] == tanl["separation"]["all"]["auroc"]
 
 
+def test_derived_policies_decide_as_guards_built_with_them(tiny_spec):
+    """One adaptive guard per fold serves every policy only if its calibrated decisions are the ones a guard built
+    with the calibrated policy makes: same scores, same threshold, same accept/reject."""
+    from benchmarks.methods import GuardMethod, References, policy_of
+
+    from tanl_guard.corpora import load_corpus
+    from tanl_guard.encoders import resolve
+
+    items = _items()
+    refs = References([it.image for it in items if it.tier == "id"][:3], ["a", "a", "b"])
+    stream = [it.image for it in items]
+    context = {"corpus": load_corpus("wordnet").subset(list(range(300))), "cache_dir": None, "seed": 0}
+    encoder = resolve(tiny_spec)
+    for detector in ("tanl", "adaneg"):
+        method = GuardMethod(detector)
+        shared = method.build(encoder, ("brain MRI",), refs, policy_of("adaptive"), context)
+        threshold = shared.calibrate(refs.images, 0.95)
+        own = method.build(encoder, ("brain MRI",), refs, policy_of("calibrated"), context)
+        for gate in (shared, own):
+            gate.reset()
+        for lo in range(0, len(stream), 4):
+            a, b = shared.score(stream[lo : lo + 4]), own.score(stream[lo : lo + 4])
+            assert np.array_equal(a.scores, b.scores), detector
+            assert b.threshold == threshold, detector
+            assert np.array_equal(a.scores >= threshold, b.accepted), detector
+
+
 class _SpyTemplate(ThumbnailTemplate):
     """The thumbnail floor, remembering which reference groups each build received."""
 
-    def __init__(self) -> None:
+    def __init__(self, share: bool = True) -> None:
         super().__init__()
         object.__setattr__(self, "seen", [])
+        object.__setattr__(self, "policies_share_scores", share)
 
     def build(self, encoder, labels, references, policy, context):
         self.seen.append(set(references.groups))
@@ -137,12 +165,19 @@ def test_no_fold_ever_builds_or_calibrates_on_its_test_group():
     protocol.run_method(spy, None, ("brain MRI",), pool, {}, policies=("calibrated", "nested"),
                         stream_kinds=("all_ood",), log=lambda *a, **k: None)
     folds = protocol.folds(pool)
-    # per fold: 4 - 1 = 3 inner builds for the nested threshold, then one build per policy
-    per_fold = 3 + 2
+    # per fold: 4 - 1 = 3 inner builds for the nested threshold, then one build serving both policies
+    per_fold = 3 + 1
     assert len(spy.seen) == per_fold * len(folds)
     for f, fold in enumerate(folds):
         for seen in spy.seen[f * per_fold : (f + 1) * per_fold]:
             assert fold.name not in seen
+    # one build per policy when the policy may change the scores
+    separate = _SpyTemplate(share=False)
+    records, _ = protocol.run_method(separate, None, ("brain MRI",), pool, {}, policies=("adaptive", "calibrated"),
+                                     stream_kinds=("all_ood",), log=lambda *a, **k: None)
+    assert len(separate.seen) == 2 * len(folds)
+    assert all(fold.name not in seen for f, fold in enumerate(folds) for seen in separate.seen[2 * f : 2 * f + 2])
+    assert len(records[("calibrated", "all_ood")].index) == len(records[("adaptive", "all_ood")].index)
 
 
 def test_template_space_volumes_form_one_fold_group():
