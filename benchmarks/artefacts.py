@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import numpy as np
 
@@ -127,12 +128,30 @@ def apply_artefact(image: np.ndarray, name: str) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
-def shifted_copies(images: list[np.ndarray], artefacts: tuple[str, ...] = ARTEFACTS) -> list[tuple[int, str, np.ndarray]]:
+def shifted_copies(images: list[np.ndarray], artefacts: tuple[str, ...] = ARTEFACTS,
+                   cache_dir: str | Path | None = None) -> list[tuple[int, str, np.ndarray]]:
     """One shifted copy of every image, the artefacts taken in turn: ``(index of the image, artefact, copy)``.
 
     Args:
         images: the clean ID images.
         artefacts: the artefacts to cycle through.
+        cache_dir: keep the copies in this folder, keyed by the images, the artefacts and this module's source
+            (they take minutes to make on a loaded machine); None makes them every time.
     """
-    return [(i, artefacts[i % len(artefacts)], apply_artefact(img, artefacts[i % len(artefacts)]))
-            for i, img in enumerate(images)]
+    names = [artefacts[i % len(artefacts)] for i in range(len(images))]
+    path = None
+    if cache_dir is not None:
+        h = hashlib.sha256(Path(__file__).read_bytes() + "|".join(names).encode())
+        for img in images:
+            h.update(np.ascontiguousarray(img).tobytes())
+        path = Path(cache_dir) / f"shifted_{h.hexdigest()[:16]}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return [(i, names[i], z[f"img{i}"]) for i in range(len(images))]
+    out = [(i, names[i], apply_artefact(img, names[i])) for i, img in enumerate(images)]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, **{f"img{i}": copy for i, _, copy in out})
+        tmp.replace(path)
+    return out

@@ -39,7 +39,7 @@ import numpy as np
 
 from .artefacts import ARTEFACTS, shifted_copies
 from .common import FIGURES_DIR, RESULTS_DIR, add_footer, environment, set_threads, write_json
-from .datasets import Item, Skipped, fold_group, load_track_a, manifest
+from .datasets import DATA_DIR, Item, Skipped, fold_group, load_track_a, manifest
 from .embedding_cache import CachedEncoder
 from .methods import GuardMethod, make_method
 from .protocol import POLICIES, STREAM_KINDS, Pool, Records, folds, run_method
@@ -108,8 +108,16 @@ def load_folders(id_dir: str | None, ood_dirs: Sequence[str]) -> tuple[list[Item
 # ------------------------------------------------------------------------------------------------ preparation
 
 
-def build_pool(items: list[Item], shifted: bool = True, artefacts: Sequence[str] = ARTEFACTS) -> Pool:
-    """The evaluation's images: clean ID, one shifted copy of every ID slice (when ``shifted``), OOD."""
+def build_pool(items: list[Item], shifted: bool = True, artefacts: Sequence[str] = ARTEFACTS,
+               cache_dir: str | Path | None = None) -> Pool:
+    """The evaluation's images: clean ID, one shifted copy of every ID slice (when ``shifted``), OOD.
+
+    Args:
+        items: the clean images.
+        shifted: add the covariate-shifted copies.
+        artefacts: the artefacts cycled over the ID slices.
+        cache_dir: where the shifted copies are kept between runs (None: made every time).
+    """
     images: list[np.ndarray] = []
     kind, tier, group, cluster, detail = [], [], [], [], []
     ids = [it for it in items if it.tier == "id"]
@@ -122,7 +130,7 @@ def build_pool(items: list[Item], shifted: bool = True, artefacts: Sequence[str]
             kind.append("ood"), tier.append(it.tier), group.append(""), cluster.append(it.volume)
             detail.append(it.group)
     if shifted and ids:
-        for i, name, img in shifted_copies([it.image for it in ids], tuple(artefacts)):
+        for i, name, img in shifted_copies([it.image for it in ids], tuple(artefacts), cache_dir):
             g = fold_group(ids[i].volume)
             images.append(img)
             kind.append("id_shifted"), tier.append("id_shifted"), group.append(g), cluster.append(g), detail.append(name)
@@ -244,7 +252,8 @@ def run(
         item_list, skipped = load_track_a(slices_per_volume, fetch=fetch, verbose=verbose, quick=quick)
         data_name = "Track A, enlarged (brain-MRI ID, package-shipped images)"
     shifted = any(k != "all_ood" for k in stream_kinds)
-    pool = build_pool(item_list, shifted=shifted, artefacts=artefacts)
+    pool = build_pool(item_list, shifted=shifted, artefacts=artefacts,
+                      cache_dir=DATA_DIR if items is None and not (id_dir or ood_dirs) else None)
     timings["data_s"] = time.perf_counter() - t_all
     log(f"[real] {len(pool)} images ({int((pool.kind == 'id').sum())} ID, {int((pool.kind == 'id_shifted').sum())} "
         f"shifted ID, {int((pool.kind == 'ood').sum())} OOD) in {timings['data_s']:.1f}s", flush=True)
