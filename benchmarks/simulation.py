@@ -142,10 +142,10 @@ def _streams(far: int, near: int, mixed: tuple[int, int], many: tuple[int, int])
 
 
 SIZES = {
-    "full": SimSize("full", 4000, *_streams(32, 16, (16, 4), (120, 30)), neglabel_m=10000, world_seeds=(0, 1, 2),
-                    stress_world_seeds=(0, 1), order_seeds=(0, 1, 2), ablation_order_seeds=(0, 1),
-                    m_sweep=(100, 1000, 10000, 70000), m_sweep_step0=(100, 1000, 70000),
-                    m_sweep_neglabel=(100, 1000, 10000, 30000, 70000), batch_sweep=(64, 256, 1024)),
+    "full": SimSize("full", 2000, *_streams(32, 16, (16, 4), (120, 30)), neglabel_m=10000, world_seeds=(0, 1, 2),
+                    stress_world_seeds=(0, 1), order_seeds=(0, 1), ablation_order_seeds=(0, 1),
+                    m_sweep=(100, 1000, 70000), m_sweep_step0=(100, 70000),
+                    m_sweep_neglabel=(100, 1000, 10000, 70000), batch_sweep=(64, 256, 1024)),
     "small": SimSize("small", 2000, *_streams(24, 12, (12, 4), (96, 24)), neglabel_m=1700, world_seeds=(0, 1, 2),
                      stress_world_seeds=(0, 1), order_seeds=(0, 1, 2), ablation_order_seeds=(0, 1),
                      m_sweep=(50, 1000, 12000), m_sweep_step0=(50, 1000, 12000),
@@ -251,6 +251,7 @@ class _Lab:
         self._worlds: dict[tuple, SimWorld] = {}
         self._streams: dict[tuple, Stream] = {}
         self._runs: dict[tuple, Any] = {}
+        self._detectors: dict[tuple, Any] = {}
         self.seconds: dict[str, float] = {}
         self.shift_runs: dict[str, Any] = {}
 
@@ -275,6 +276,22 @@ class _Lab:
         self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - t0
 
     def detector(self, world: SimWorld, method: str, config: Any = None, m: int | None = None):
+        """The stateless detectors (NegLabel, MCM) are built once per (world, configuration) and reused across
+        streams (building NegLabel ranks the whole corpus); the stateful ones are built fresh for every run (their
+        online state is large, and a fresh one cannot leak state between runs)."""
+        if method in STATEFUL:
+            t = time.perf_counter()
+            det = self._new_detector(world, method, config, m)
+            self._tick("detector_init", t)
+            return det
+        key = (id(world), method, repr(config), m)
+        if key not in self._detectors:
+            t = time.perf_counter()
+            self._detectors[key] = self._new_detector(world, method, config, m)
+            self._tick("detector_init", t)
+        return self._detectors[key]
+
+    def _new_detector(self, world: SimWorld, method: str, config: Any = None, m: int | None = None):
         id_text, corpus = world.tensors()
         kappa = world.spec.logit_scale
         nl = NegLabelConfig(n_negatives=m or self.size.neglabel_m, n_groups=min(100, m or self.size.neglabel_m))
