@@ -152,10 +152,11 @@ class GuardMethod:
         config: the detector's configuration (its default when None).
         build_kwargs: further ``Guard.build`` arguments (the defaults when empty).
         name: the name in results (the detector name when empty).
-        policies_share_scores: True (every detector today) when the threshold policy changes only the threshold:
+        policies_share_scores: True (label detectors) when the threshold policy changes only the threshold:
             ``Guard.build`` with a calibrated policy runs ``Guard.calibrate`` on the references after building the
             same detector, and a fixed policy compares the same scores with a number, so one guard per fold serves
-            every policy. False builds one guard per policy (a detector calibrated inside ``build``).
+            every policy. False builds one guard per policy: guards with a feature gate (``knn``, ``tanl+knn``), whose
+            calibrated policy changes how the gates set their thresholds (:func:`make_method` sets it).
     """
 
     detector: str
@@ -173,8 +174,8 @@ class GuardMethod:
         kwargs: dict[str, Any] = dict(self.build_kwargs)
         params = inspect.signature(Guard.build).parameters
         for name in GROUP_PARAMETERS:
-            if name in params and name not in kwargs:
-                kwargs[name] = list(references.groups)
+            if name in params and name not in kwargs:  # per ID label, the group of each reference image
+                kwargs[name] = {labels[0]: list(references.groups)}
         harness_threshold = None
         if policy.mode == "fixed" and not 0.0 <= float(policy.value) <= 1.0:
             # ThresholdPolicy takes fixed thresholds in [0, 1]; AdaNeg's scores reach 1.1. Build the guard
@@ -281,8 +282,32 @@ class ThumbnailTemplate:
                 "score": "cosine to the mean thumbnail of the references"}
 
 
+def _fusion_value(value: str) -> Any:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def make_method(name: str) -> Method:
-    """``thumbnail`` for the floor, anything else is a ``Guard.build`` detector name."""
+    """``thumbnail`` for the floor, anything else is a ``Guard.build`` detector name.
+
+    A fused detector name may carry its fusion rule: ``tanl+knn:decision=score/admission=label`` builds the guard
+    with ``FusionConfig(decision="score", admission="label")`` (the defaults for the fields not named).
+
+    Args:
+        name: the method's name in results.
+    """
     if name in ("thumbnail", "thumbnail_template"):
         return ThumbnailTemplate()
-    return GuardMethod(name)
+    from tanl_guard.guard import FusionConfig, split_detector_name
+
+    detector, sep, rule = name.partition(":")
+    # a feature gate sets its own threshold from a calibrated policy: one guard per policy
+    share = split_detector_name(detector)[1] is None
+    if not sep:
+        return GuardMethod(name, policies_share_scores=share)
+
+    fields = dict(item.split("=", 1) for item in rule.split("/") if item)
+    fusion = FusionConfig(**{k: _fusion_value(v) for k, v in fields.items()})
+    return GuardMethod(detector, build_kwargs={"fusion": fusion}, name=name, policies_share_scores=share)

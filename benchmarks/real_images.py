@@ -5,8 +5,11 @@ your own ID / OOD folders.
 Every method under test is built per fold from the training groups' references and decides with its own
 threshold (see :mod:`benchmarks.methods` and :mod:`benchmarks.protocol`):
 
-* methods: the shipped ``Guard`` with each detector (``tanl``, ``neglabel``, ``mcm``, ``adaneg``, or any name
-  ``Guard.build`` accepts) and the 32 x 32 pixel-thumbnail floor (``thumbnail``);
+* methods: the shipped ``Guard`` with each detector: ``tanl+knn`` (what the guard ships with references: TANL
+  fused with a kNN feature gate calibrated leave-one-group-out on the fold's references), its two gates alone
+  (``tanl``, ``knn``), the baselines (``neglabel``, ``mcm``, ``adaneg``), or any name ``Guard.build`` accepts,
+  optionally with a fusion rule (``tanl+knn:decision=score/admission=label``); and the 32 x 32 pixel-thumbnail
+  floor (``thumbnail``);
 * folds: leave one ID group out (MNI152, Colin27 and BrainWeb form one template-space group);
 * policies: ``adaptive`` (the guard's own Otsu threshold), ``calibrated`` (``Guard.calibrate`` on the training
   references, as shipped), ``nested`` (a threshold from an inner leave-one-group-out loop on the training groups);
@@ -21,7 +24,7 @@ corpus cache, so reruns take minutes.
 
     python -m benchmarks real_images                                   # surrogate, WordNet corpus, Track A
     python -m benchmarks real_images --encoder biomedclip:local-dir:/models/biomedclip --device cuda
-    python -m benchmarks real_images --methods tanl+knn,tanl,knn       # detectors the guard gains later
+    python -m benchmarks real_images --methods tanl+knn,tanl,knn       # the shipped guard and its two gates
     python -m benchmarks real_images --id-dir my_id/ --ood-dir CT=ct/ --ood-dir photos=photos/ --id-label "chest X-ray"
 """
 
@@ -53,7 +56,7 @@ SURROGATE_WARNING = (
     "Measured with the offline SURROGATE encoder (ConSE over EfficientNet-Lite0 + all-MiniLM-L6-v2). It is not a "
     "medical model and cannot read medical text; these numbers say nothing about BiomedCLIP/CLIP accuracy."
 )
-DEFAULT_METHODS = ("tanl", "neglabel", "mcm", "adaneg", "thumbnail")
+DEFAULT_METHODS = ("tanl+knn", "tanl", "knn", "neglabel", "mcm", "adaneg", "thumbnail")
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy"}
 
 
@@ -372,7 +375,8 @@ def _write_raw(out_path: Path, pool: Pool, records: dict[str, dict[tuple[str, st
 
 # ------------------------------------------------------------------------------------------------ figures
 
-_LABELS = {"tanl": "TANL", "neglabel": "NegLabel", "mcm": "MCM", "adaneg": "AdaNeg",
+_LABELS = {"tanl+knn": "TANL + kNN (shipped)", "tanl": "TANL", "knn": "kNN", "mahalanobis": "Mahalanobis",
+           "neglabel": "NegLabel", "mcm": "MCM", "adaneg": "AdaNeg",
            "thumbnail_template": "32x32 thumbnail (floor)"}
 
 

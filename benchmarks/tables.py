@@ -17,7 +17,8 @@ from .common import RESULTS_DIR
 
 __all__ = ["simulation_tables", "calibration_table", "real_images_tables", "controls_table", "main"]
 
-_NAMES = {"tanl": "TANL", "neglabel": "NegLabel", "mcm": "MCM", "adaneg": "AdaNeg",
+_NAMES = {"tanl+knn": "TANL + kNN (shipped)", "tanl": "TANL", "knn": "kNN", "mahalanobis": "Mahalanobis",
+          "neglabel": "NegLabel", "mcm": "MCM", "adaneg": "AdaNeg",
           "thumbnail_template": "32x32 thumbnail (floor)"}
 
 

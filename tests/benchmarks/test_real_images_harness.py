@@ -25,7 +25,7 @@ open_clip = pytest.importorskip("open_clip")
 from benchmarks.artefacts import ARTEFACTS, apply_artefact  # noqa: E402
 from benchmarks.datasets import Item, fold_group  # noqa: E402
 from benchmarks.embedding_cache import CachedEncoder  # noqa: E402
-from benchmarks.methods import ThumbnailTemplate  # noqa: E402
+from benchmarks.methods import References, ThumbnailTemplate, policy_of  # noqa: E402
 from encoder_test_configs import TINY_ARCH, TINY_CONFIG  # noqa: E402
 
 from benchmarks import bootstrap, protocol  # noqa: E402
@@ -129,6 +129,35 @@ def test_derived_policies_decide_as_guards_built_with_them(tiny_spec):
             assert np.array_equal(a.scores, b.scores), detector
             assert b.threshold == threshold, detector
             assert np.array_equal(a.scores >= threshold, b.accepted), detector
+
+
+def test_fused_guard_calibrates_its_feature_gate_on_the_training_groups_only(tiny_spec):
+    """The fused guard the harness builds for a fold holds out one training group at a time to calibrate its
+    feature gate; the fold's test group reaches neither the fit nor the calibration. The fusion rule in a method
+    name reaches the guard."""
+    from benchmarks.methods import GuardMethod, make_method
+
+    from tanl_guard.corpora import load_corpus
+    from tanl_guard.encoders import resolve
+
+    items = _items()
+    pool = protocol.Pool([it.image for it in items], np.array(["id" if it.tier == "id" else "ood" for it in items]),
+                         np.array([it.tier for it in items]),
+                         np.array([fold_group(it.volume) if it.tier == "id" else "" for it in items]),
+                         np.array([it.volume for it in items]), np.array(["x"] * len(items)))
+    context = {"corpus": load_corpus("wordnet").subset(list(range(300))), "cache_dir": None, "seed": 0}
+    encoder = resolve(tiny_spec)
+    method = make_method("tanl+knn:decision=score/weight=0.25")
+    assert isinstance(method, GuardMethod) and not method.policies_share_scores
+    for fold in protocol.folds(pool):
+        refs = References([pool.images[i] for i in fold.reference], pool.group[fold.reference].tolist())
+        guard = method.build(encoder, ("brain MRI",), refs, policy_of("adaptive"), context).guard
+        calibration = guard.feature_calibration
+        training = set(refs.groups)
+        assert fold.name not in training
+        assert calibration["method"] == "leave-one-source-out" and calibration["folds"] == len(training)
+        assert guard.feature_detector.n_reference == fold.reference.size  # fit on the training slices only
+        assert guard.fusion.decision == "score" and guard.fusion.weight == 0.25
 
 
 class _SpyTemplate(ThumbnailTemplate):

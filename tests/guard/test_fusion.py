@@ -170,3 +170,33 @@ def test_fused_guard_needs_features_with_its_embeddings(make_guard, references):
     with pytest.raises(ValueError, match="ImageEncoding with features"):
         guard.score_features(embeddings)
     assert guard.n_images == 0  # nothing was learnt from the refused call
+
+
+def test_resume_in_another_process_tolerates_the_encoders_last_bits(make_guard, references, photos):
+    """Embeddings differ by about 6e-8 across processes (batch composition, threads): a resumed fused guard adopts
+    the saved ID columns and recognises its feature fit, and continues as the guard that saved the state."""
+    first = make_guard(detector="tanl+knn")
+    batches = [first.encode(photos[:2] + references["brain MRI"][:4]), first.encode(references["brain MRI"][4:8])]
+    first.score_features(batches[0])
+    state = first.state_dict()
+    want = first.score_features(batches[1])
+
+    def other_process(offset: float):
+        guard = make_guard(detector="tanl+knn")
+        bank = guard.label_detector.bank
+        noise = torch.randn(bank.id_text.shape, generator=torch.Generator().manual_seed(1)).to(bank.dtype)
+        bank.weights[: bank.n_id] += offset * noise  # the rebuilt ID columns, rounded otherwise
+        bank._fingerprint = None
+        features = guard.encode(references["brain MRI"]).features
+        guard.fit_feature_gate(features + offset * torch.sign(features))  # the feature fit, rounded otherwise
+        return guard
+
+    resumed = other_process(6e-8)
+    resumed.load_state_dict(state)
+    got = resumed.score_features(batches[1])
+    assert torch.equal(got.gates[0].scores, want.gates[0].scores)  # the label gate continues exactly
+    assert got.gates[0].threshold == want.gates[0].threshold
+    torch.testing.assert_close(got.gates[1].scores, want.gates[1].scores, rtol=0, atol=1e-6)
+    assert got.gates[1].threshold == want.gates[1].threshold  # the saved operating point
+    with pytest.raises(ValueError, match="other label embeddings"):
+        other_process(1e-2).load_state_dict(state)  # other references: refused

@@ -23,6 +23,9 @@ from .base import Detector, DetectorStep
 __all__ = ["FeatureDetector", "held_out_splits"]
 
 _STATE_FORMAT = 1
+# Encoders give features that differ in the last bits with the batch composition and the thread count (about 6e-8
+# for the surrogate), so a fit in another process is recognised as the same fit by its summary within this bound.
+FIT_TOLERANCE = 1e-4
 
 
 def held_out_splits(
@@ -70,6 +73,29 @@ def _fingerprint(features: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def _fit_summary(features: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """What identifies a fit up to the encoder's last-bit noise: the labels (exactly), and per label the mean and
+    the root-mean-square of the reference features (aggregates: no reference's own features)."""
+    digest = hashlib.blake2b(labels.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+    x, labels = features.detach().double().cpu(), labels.detach().cpu()
+    groups = [x[labels == c] for c in range(int(labels.max()) + 1)]
+    return {"shape": list(features.shape), "labels": digest,
+            "means": torch.stack([g.mean(dim=0) for g in groups]),
+            "rms": torch.stack([g.pow(2).mean(dim=0).sqrt() for g in groups])}
+
+
+def _same_fit(saved: Any, current: dict[str, Any] | None) -> bool:
+    if not isinstance(saved, dict) or current is None:
+        return False
+    if saved.get("shape") != current["shape"] or saved.get("labels") != current["labels"]:
+        return False
+    return all(
+        isinstance(saved.get(key), torch.Tensor) and saved[key].shape == current[key].shape
+        and float((saved[key].double() - current[key]).abs().max()) <= FIT_TOLERANCE
+        for key in ("means", "rms")
+    )
+
+
 class FeatureDetector(Detector):
     """Base of the detectors that score image features against reference ID features (kNN, Mahalanobis).
 
@@ -99,6 +125,7 @@ class FeatureDetector(Detector):
         self.n_reference = 0
         self.dim: int | None = None
         self._fit_key: str | None = None
+        self._fit_summary: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, config: Any = None, **inputs: Any) -> FeatureDetector:
@@ -159,6 +186,7 @@ class FeatureDetector(Detector):
         self.dim = int(x.shape[1])
         self.n_reference = int(x.shape[0])
         self._fit_key = _fingerprint(x, labels)
+        self._fit_summary = _fit_summary(x, labels)
         return result
 
     def _calibrate(self, x: torch.Tensor, labels: torch.Tensor, sources: Any) -> dict[str, Any]:
@@ -202,23 +230,27 @@ class FeatureDetector(Detector):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The fit's fingerprint and the operating point; the references themselves are not saved (small
-        checkpoints, no image-derived data in them): a detector is fit again from the same references, then loaded.
+        """The fit's fingerprint and summary (per-label feature means and root-mean-squares) and the operating
+        point; the references' own features are not saved (small checkpoints): a detector is fit again from the same
+        references, then loaded.
         """
         state = super().state_dict()
         state.update(format=_STATE_FORMAT, config=config_to_dict(self.config), fit=self._fit_key,
+                     fit_summary=self._fit_summary,
                      threshold=self.threshold, spread=self.spread,
                      calibration=dict(self.calibration) if self.calibration else None, n_reference=self.n_reference)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the operating point of a detector fit on the same references (checked by fingerprint)."""
+        """Restore the operating point of a detector fit on the same references: the same features bit for bit, or
+        (a fit in another process, whose encoder rounds differently) the same labels and per-label feature means and
+        root-mean-squares within :data:`FIT_TOLERANCE`."""
         self._check_state_header(state)
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"unsupported {self.name} state format {state.get('format')!r}")
         if config_from_dict(self.config_class, state["config"]) != self.config:
             raise ValueError(f"state was saved with another {self.config_class.__name__}")
-        if state.get("fit") != self._fit_key:
+        if state.get("fit") != self._fit_key and not _same_fit(state.get("fit_summary"), self._fit_summary):
             raise ValueError(f"state was saved by a {self.name} detector fit on other reference features")
         self.threshold = state["threshold"]
         self.spread = state["spread"]

@@ -40,6 +40,8 @@ DEFAULT_FUSED_DETECTOR = "tanl+knn"
 #: joint embedding itself, or features the caller supplies (e.g. a MONAI classifier's penultimate layer)
 FEATURE_SOURCES = ("trunk", "embedding", "external")
 
+# How far saved ID columns may be from the rebuilt ones and still be adopted on load (encoder last-bit noise: 6e-8)
+ID_EMBEDDING_TOLERANCE = 1e-4
 _HISTORY_LEN = 20000  # guard-side score history for detectors without a threshold of their own
 _HEALTH_BATCHES = 5  # batches without a single confident ID admission before the guard warns
 _MIN_SPREAD = 1e-6
@@ -755,7 +757,30 @@ class Guard:
             if self.fused:
                 assert self.feature_detector is not None
                 state["feature_detector"] = self.feature_detector.state_dict()
+            if self.label_detector is not None:  # the ID columns as scored (text anchors and image prototypes)
+                state["id_embeddings"] = self.label_detector.bank.id_text.detach().cpu().clone()
             return state
+
+    def _adopt_id_embeddings(self, saved: Any) -> None:
+        """Continue with the saved ID columns when they are this guard's up to the encoder's last-bit noise.
+
+        Image prototypes are means of reference embeddings, which differ by about 6e-8 with the batch composition
+        and the thread count; the label detector's state is tied to its exact label bank. Within
+        :data:`ID_EMBEDDING_TOLERANCE` the saved columns replace the rebuilt ones, so the stream continues exactly
+        as it would have in the process that saved it; further apart, the bank is left alone and the detector
+        refuses the state (other labels, references or encoder).
+        """
+        if saved is None or self.label_detector is None:
+            return
+        bank = self.label_detector.bank
+        saved = torch.as_tensor(saved)
+        if saved.shape != bank.id_text.shape:
+            return
+        saved = saved.to(device=bank.device, dtype=bank.dtype)
+        if torch.equal(saved, bank.id_text) or float((saved - bank.id_text).abs().max()) > ID_EMBEDDING_TOLERANCE:
+            return
+        bank.weights[: bank.n_id] = saved
+        bank._fingerprint = None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` of a guard built the same way (same detectors, references, encoder)."""
@@ -763,6 +788,7 @@ class Guard:
             name = state.get("name", state["detector"].get("detector"))
             if name != self.detector_name:
                 raise ValueError(f"state is for detector {name!r}, not {self.detector_name!r}")
+            self._adopt_id_embeddings(state.get("id_embeddings"))
             self.detector.load_state_dict(state["detector"])
             if self.fused:
                 assert self.feature_detector is not None
