@@ -362,7 +362,7 @@ def run(
 def _write_raw(out_path: Path, pool: Pool, records: dict[str, dict[tuple[str, str], Records]]) -> None:
     """Every decision, for re-analysis: ``<result>_decisions.npz`` in the git-ignored ``benchmarks/results/raw/``
     (beside the result file when it is written elsewhere)."""
-    raw = RESULTS_DIR / "raw" if out_path.parent == RESULTS_DIR else out_path.parent
+    raw = RESULTS_DIR / "raw" if out_path.resolve().parent == RESULTS_DIR.resolve() else out_path.parent
     raw.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"pool_kind": pool.kind, "pool_tier": pool.tier, "pool_group": pool.group,
                                      "pool_cluster": pool.cluster, "pool_detail": pool.detail}
