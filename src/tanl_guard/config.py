@@ -1,16 +1,29 @@
 # Copyright (c) tanl-guard developers. Licensed under the Apache License, Version 2.0.
-"""Typed, frozen configuration of the detectors.
+"""Typed, frozen configuration of the detectors, one class per detector.
 
-Defaults are the paper's (Zhang et al., "Activation Matters", CVPR 2026, Sec. 4.1): M = 1000 negatives, L = 300,
-confidence gap g = 0.2, alpha = 0.95, the activation-aware score (step 1) and a 20,000-score history.
+TANL's defaults are the paper's (Zhang et al., "Activation Matters", CVPR 2026, Sec. 4.1): M = 1000 negatives,
+L = 300, confidence gap g = 0.2, alpha = 0.95, the activation-aware score (step 1) and a 20,000-score history.
+The feature detectors (kNN, Mahalanobis) score image features against reference ID images; their threshold is
+calibrated on held-out references (:class:`CalibrationConfig`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from typing import Any
 
-__all__ = ["TANLConfig", "NegLabelConfig", "MCMConfig", "AdaNegConfig", "config_from_dict"]
+__all__ = [
+    "TANLConfig",
+    "NegLabelConfig",
+    "MCMConfig",
+    "AdaNegConfig",
+    "CalibrationConfig",
+    "KNNConfig",
+    "MahalanobisConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "config_with_seed",
+]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -119,6 +132,77 @@ class AdaNegConfig:
         _check(0.0 <= self.gap <= 1.0, f"gap must be in [0, 1], got {self.gap}")
         _check(self.n_groups >= 1, f"n_groups must be >= 1, got {self.n_groups}")
         _check(self.weight >= 0.0, f"weight must be >= 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How a feature detector's threshold is calibrated on held-out reference images.
+
+    Args:
+        rate: the target ID acceptance rate: the threshold is the ``1 - rate`` quantile of held-out reference scores.
+        n_folds: folds of the k-fold split used when the references come from a single source.
+        seed: seed of the k-fold assignment.
+    """
+
+    rate: float = 0.95
+    n_folds: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.rate < 1.0, f"rate must be in (0, 1), got {self.rate}")
+        _check(self.n_folds >= 2, f"n_folds must be >= 2, got {self.n_folds}")
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    """Settings of :class:`~tanl_guard.detectors.knn.KNNDetector` (Sun et al., ICML 2022, cosine form).
+
+    Args:
+        k: the score uses the k-th nearest reference feature (``reduction="kth"``) or the mean of the k nearest.
+        reduction: ``"kth"`` (Sun et al.) or ``"mean"``.
+        calibration: how the threshold is calibrated on held-out references.
+    """
+
+    k: int = 1
+    reduction: str = "kth"
+    calibration: CalibrationConfig = CalibrationConfig()
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 1, f"k must be >= 1, got {self.k}")
+        _check(self.reduction in ("kth", "mean"), f"reduction must be 'kth' or 'mean', got {self.reduction!r}")
+
+
+@dataclass(frozen=True)
+class MahalanobisConfig:
+    """Settings of :class:`~tanl_guard.detectors.mahalanobis.MahalanobisDetector` (Lee et al., NeurIPS 2018).
+
+    Args:
+        shrinkage: the covariance estimator: ``"ledoit-wolf"`` or ``"oas"`` (both shrink towards a scaled identity,
+            which a few hundred references in 1280 dimensions need).
+        normalize: L2-normalise the features before fitting and scoring.
+        calibration: how the threshold is calibrated on held-out references.
+    """
+
+    shrinkage: str = "ledoit-wolf"
+    normalize: bool = True
+    calibration: CalibrationConfig = CalibrationConfig()
+
+    def __post_init__(self) -> None:
+        _check(self.shrinkage in ("ledoit-wolf", "oas"), f"shrinkage must be 'ledoit-wolf' or 'oas', got {self.shrinkage!r}")
+
+
+def config_with_seed(config: Any, seed: int | None) -> Any:
+    """A copy of a config whose ``seed`` fields (nested ones included) are set to ``seed``; unchanged for None."""
+    if seed is None or not is_dataclass(config):
+        return config
+    changes: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "seed":
+            changes[f.name] = int(seed)
+        elif is_dataclass(value) and not isinstance(value, type):
+            changes[f.name] = config_with_seed(value, seed)
+    return replace(config, **changes) if changes else config
 
 
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:

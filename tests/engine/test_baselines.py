@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Mixture
 
+from conftest import Mixture
 from tanl_guard import DETECTORS, AdaNegConfig, AdaNegDetector, MCMDetector, NegLabelConfig, NegLabelDetector
 from tanl_guard.selection import distance_to_id, select_farthest, split_by_kind
 
 
 def test_registry_names():
-    assert set(DETECTORS) == {"tanl", "neglabel", "mcm", "adaneg"}
-    assert all(cls.paper for cls in DETECTORS.values())
+    assert set(DETECTORS) == {"tanl", "neglabel", "mcm", "adaneg", "knn", "mahalanobis"}
+    for name, (cls, config_class) in DETECTORS.items():
+        assert cls.name == name and cls.paper and cls.config_class is config_class
 
 
 def test_distance_is_the_quantile_element_of_sorted_similarities():
@@ -89,3 +90,40 @@ def test_baselines_reject_bad_input():
             det.step(torch.zeros(0, mix.id_text.shape[1]))
         with pytest.raises(ValueError):
             det.step(torch.full((2, mix.id_text.shape[1]), float("nan")))
+
+
+def test_make_detector_builds_every_detector_the_same_way_and_seeds_it():
+    from tanl_guard import KNNConfig, TANLConfig, make_detector
+
+    mix = Mixture(n_corpus=300)
+    for name, (cls, config_class) in DETECTORS.items():
+        det = make_detector(name, mix.id_text, mix.corpus, 100.0, seed=7)
+        assert type(det) is cls and isinstance(det.config, config_class)
+        seeds = [v for k, v in vars(det.config).items() if k == "seed"]
+        nested = [v.seed for v in vars(det.config).values() if hasattr(v, "seed")]
+        assert all(s == 7 for s in seeds + nested)
+    with pytest.raises(TypeError, match="KNNConfig"):
+        make_detector("knn", config=TANLConfig())
+    with pytest.raises(ValueError, match="unknown detector"):
+        make_detector("magic")
+    assert make_detector("knn", config=KNNConfig(k=3)).config.k == 3
+
+
+def test_every_detector_resets_the_same_way_and_snapshots_json_safe_state():
+    import json
+
+    mix = Mixture(n_corpus=300)
+    for name in ("tanl", "neglabel", "mcm", "adaneg"):
+        det = DETECTORS[name].detector.from_config(
+            DETECTORS[name].config(), id_embeddings=mix.id_text, corpus_embeddings=mix.corpus, logit_scale=100.0
+        )
+        det.reset(noise_features=mix.noise, generator=torch.Generator().manual_seed(1))
+        det.step(mix.batch(32)[0])
+        snapshot = det.snapshot(n_selected=3)
+        assert snapshot["detector"] == name
+        json.dumps(snapshot)  # JSON-safe
+        assert len(snapshot.get("selected", [])) <= 3
+    tanl = DETECTORS["tanl"].detector(mix.id_text, mix.corpus, 100.0)
+    tanl.reset(noise_features=mix.noise)
+    tanl.step(mix.batch(32)[0])
+    assert tanl.snapshot()["pos_queue"] == tanl.queue_sizes[0] and tanl.snapshot()["threshold"] == tanl.threshold

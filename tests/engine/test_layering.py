@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tanl_guard
 
-ENGINE = ["config", "scores", "threshold", "selection", "queue", "noise", "metrics", "detectors"]
+ENGINE = ["config", "scores", "threshold", "selection", "queue", "noise", "metrics", "covariance", "detectors"]
 ALLOWED_THIRD_PARTY = {"torch", "numpy"}
 IO_PARTS = {"encoders", "corpora", "dicom", "guard", "pipeline", "integrations", "cli", "demo", "node"}
 

@@ -246,10 +246,10 @@ def test_embeddings_normalised_in_any_float_precision_are_accepted():
         det.step(raw)  # the same features before normalisation
 
 
-@pytest.mark.parametrize("name", sorted(DETECTORS))
-def test_every_detector_rejects_non_unit_embeddings(name):
+@pytest.mark.parametrize("name", sorted(n for n, entry in DETECTORS.items() if entry.detector.input == "embeddings"))
+def test_every_label_detector_rejects_non_unit_embeddings(name):
     mix = Mixture()
-    det = DETECTORS[name](mix.id_text, mix.corpus, 100.0)
+    det = DETECTORS[name].detector(mix.id_text, mix.corpus, 100.0)
     good = mix.batch(4)[0]
     det.step(good)
     for bad in (torch.zeros_like(good), 3 * good):
@@ -369,3 +369,17 @@ def test_cuda_matches_cpu():
         a, b = cpu.step(x), gpu.step(x.cuda())
         assert b.scores.device.type == "cuda"
         torch.testing.assert_close(a.scores, b.scores.cpu(), rtol=0, atol=1e-9)
+
+
+def test_admission_masks_decide_what_enters_the_queues():
+    mix = Mixture(n_corpus=400)
+    det = TANLDetector(mix.id_text, mix.corpus, 100.0, TANLConfig(n_negatives=50, queue_len=100))
+    det.reset(noise_features=mix.noise)
+    x, is_ood = mix.batch(40, ood_fraction=0.5)
+    before = det.queue_sizes
+    res = det.step(x, admit=(~is_ood, is_ood))  # e.g. a feature gate's verdicts
+    assert torch.equal(res.confident_id, ~is_ood) and torch.equal(res.confident_ood, is_ood)
+    assert det.queue_sizes == (min(100, before[0] + int((~is_ood).sum())), min(100, before[1] + int(is_ood.sum())))
+    for bad in ((~is_ood,), (~is_ood, is_ood[:5]), (torch.ones(40, dtype=torch.bool),) * 2):
+        with pytest.raises(ValueError, match="admit"):
+            det.step(x, admit=bad)

@@ -73,12 +73,12 @@ def test_screen_json_audit_exit_codes_and_resume(demo_folder, corpus_file, tmp_p
     experiment = client.get_experiment_by_name("tanl-guard")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["encoder.id"].startswith("surrogate")
-    assert run.data.params["detector"] == "tanl"
+    assert run.data.params["detector"] == "tanl+knn"  # the fused default, as --reference is given
     assert "screen/reject_rate" in run.data.metrics
     # what ran, said in one place: the run name, mlflow.source tags, config.sha256 of the params as described
     from tanl_guard.integrations.mlflow import config_sha256
 
-    assert run.info.run_name.startswith("screen tanl surrogate ")
+    assert run.info.run_name.startswith("screen tanl+knn surrogate ")
     assert run.data.tags["mlflow.source.name"] == "tanl-guard screen" and run.data.tags["mlflow.source.type"] == "LOCAL"
     params = json.loads(Path(client.download_artifacts(run.info.run_id, "config/run_params.json", str(tmp_path))).read_text())
     assert run.data.tags["config.sha256"] == config_sha256(params)

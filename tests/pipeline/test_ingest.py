@@ -110,16 +110,16 @@ def test_a_killed_decode_worker_is_replaced_and_changes_no_view(manifest, caplog
 def test_judge_needs_only_view_counts_so_embeddings_can_come_from_elsewhere(make_guard, manifest):
     here, there = make_guard(), make_guard()
     for batch in iter_decoded_batches(manifest):
-        features = encode_batch(here.encoder, batch)
+        features = encode_batch(here, batch)
         first = manifest.studies_before(batch.batch_id) + 1
         local = judge_batch(here, batch, features, first)
-        remote = judge_batch(there, batch.without_views(), features.clone() if features is not None else None, first)
+        remote = judge_batch(there, batch.without_views(), features.embeddings.clone() if features else None, first)
         assert [v.to_json() for v in local] == [v.to_json() for v in remote]
         assert [v.step for v in local] == list(range(first, first + len(batch.studies)))
     batch = next(b for b in iter_decoded_batches(manifest) if b.n_views)
-    features = encode_batch(here.encoder, batch)
+    features = encode_batch(here, batch)
     with pytest.raises(ValueError, match="feature rows"):
-        judge_batch(here, batch, features[:-1], 1)
+        judge_batch(here, batch, features.rows(slice(0, -1)), 1)
 
 
 def test_segments_keep_each_committed_batch_once(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,45 @@ def _view(ctx: click.Context, param: click.Parameter, value: str) -> str:
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+class _RegistryChoice(click.Choice):
+    """A choice read from a registry when first needed: importing the registry loads torch, which ``--version``
+    and the CLI's import must not."""
+
+    def __init__(self, values: Callable[[], Sequence[str]]) -> None:
+        self._values = values
+        self._loaded: tuple[str, ...] | None = None
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        if self._loaded is None:
+            self._loaded = tuple(self._values())
+        return self._loaded
+
+    @choices.setter
+    def choices(self, value: Sequence[str]) -> None:  # click's __init__ assigns the empty placeholder
+        pass
+
+
+def _detector_choices() -> list[str]:
+    from ..guard import detector_names
+
+    return list(detector_names())
+
+
+def _policy_choices() -> list[str]:
+    from ..guard import STUDY_POLICIES
+
+    return list(STUDY_POLICIES)
+
+
+_DETECTOR_HELP = (
+    "Label gate (tanl, neglabel, mcm, adaneg: joint image-text embeddings against ID and negative labels), feature "
+    "gate (knn, mahalanobis: image features against the --reference images, threshold calibrated on held-out "
+    "references), or both fused (e.g. tanl+knn). Default: tanl+knn with --reference, tanl without."
+)
 
 
 def _tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -207,18 +247,23 @@ class _Signals:
               help="Reference ID images or studies (one subfolder per label when there are several labels).")
 @click.option("--corpus", "corpus_spec", default="wordnet", show_default=True,
               help="Negative-label corpus: wordnet, dicom, wordnet+dicom, dicom:group=..., or a text file.")
-@click.option("--detector", type=click.Choice(["tanl", "neglabel", "mcm", "adaneg"]), default="tanl", show_default=True)
+@click.option("--detector", type=_RegistryChoice(_detector_choices), default=None, help=_DETECTOR_HELP)
+@click.option("--feature-source", type=click.Choice(["trunk", "embedding"]), default=None,
+              help="What a feature gate reads: the encoder's image-trunk features (default when it has them) or its "
+                   "joint embeddings.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Views per gate batch (whole studies are batched together).")
 @click.option("--view", default="slices:3", show_default=True, callback=_view, help="mid, mip or slices:K.")
-@click.option("--study-policy", type=click.Choice(["any", "all", "majority"]), default="any", show_default=True,
+@click.option("--study-policy", type=_RegistryChoice(_policy_choices), default="any", show_default=True,
               help="Reject a study when any / all / a majority of its series are rejected.")
 @click.option("--threshold", "threshold_policy", default="adaptive", show_default=True, callback=_threshold,
-              help="adaptive (TANL's Otsu threshold), a number in [0, 1], or calibrated:RATE on the references.")
+              help="adaptive (each gate's own: TANL's Otsu split, the feature gate's calibrated one), a number in "
+                   "[0, 1], or calibrated:RATE on the references.")
 @click.option("--order", type=click.Choice(["shuffled", "as-found"]), default="shuffled", show_default=True,
               help="Screening order; output order is stable either way.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the order and of TANL's cold start.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the order, of every detector and of TANL's cold start.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("tanl_guard_state.pt"), show_default=True,
               help="Checkpoint file (detector state, last committed batch, manifest and encoder hashes), signed with "
@@ -264,9 +309,10 @@ class _Signals:
                    "for the run.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
-           reference: Path | None, corpus_spec: str, detector: str, device: str, batch_size: int, view: str,
-           study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path, work_dir: Path | None,
-           workers: int, checkpoint_every: int, resume: bool, cache_dir: Path | None, tracking_uri: str | None, experiment: str,
+           reference: Path | None, corpus_spec: str, detector: str | None, feature_source: str | None, device: str,
+           batch_size: int, view: str, study_policy: str, threshold_policy: Any, order: str, seed: int,
+           state_path: Path, work_dir: Path | None, workers: int, checkpoint_every: int, resume: bool,
+           cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
            strict: bool, engine: str, ray_address: str | None, quiet: bool) -> None:
     """Screen every DICOM study under STUDIES_DIR: accept, reject (out of distribution) or unreadable.
@@ -312,9 +358,9 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             raise click.ClickException(f"cannot write the outputs: {exc}") from None
-        _screen(studies_dir, encoder_spec, labels, reference, corpus_spec, detector, device, batch_size, view,
-                study_policy, threshold_policy, order, seed, state_path, work_dir, workers, checkpoint_every, resume,
-                resume_metadata,
+        _screen(studies_dir, encoder_spec, labels, reference, corpus_spec, detector, feature_source, device,
+                batch_size, view, study_policy, threshold_policy, order, seed, state_path, work_dir, workers,
+                checkpoint_every, resume, resume_metadata,
                 cache_dir, tracking_uri, experiment, run_name, no_audit, thumbnails, as_json, report_file,
                 fail_on_reject, strict, quiet, ray_config)
     finally:
@@ -323,15 +369,16 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
 
 
 def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: Path | None, corpus_spec: str,
-            detector: str, device: str, batch_size: int, view: str, study_policy: str, threshold_policy: Any,
-            order: str, seed: int, state_path: Path, work_dir: Path, workers: int, checkpoint_every: int,
-            resume: bool, resume_metadata: dict[str, Any], cache_dir: Path | None, tracking_uri: str | None, experiment: str,
+            detector: str | None, feature_source: str | None, device: str, batch_size: int, view: str,
+            study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path, work_dir: Path,
+            workers: int, checkpoint_every: int, resume: bool, resume_metadata: dict[str, Any],
+            cache_dir: Path | None, tracking_uri: str | None, experiment: str,
             run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report_file: Any,
             fail_on_reject: bool, strict: bool, quiet: bool, ray_config: Any = None) -> None:
     from ..dicom import DicomScanConfig
     from ..guard import Guard, GuardPolicy, describe_guard
     from ..pipeline import ScreenConfig, Screener
-    from ..pipeline.references import load_reference_images
+    from ..pipeline.references import load_references
 
     dicom_config = DicomScanConfig(view=view)
     policy = GuardPolicy(threshold=threshold_policy, study_policy=study_policy)
@@ -339,16 +386,19 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
                                  checkpoint_every=checkpoint_every, state_path=str(state_path), resume=resume,
                                  work_dir=str(work_dir), workers=workers if ray_config is None else 0)
     try:
-        references = load_reference_images(reference, labels, view, dicom_config) if reference else None
+        references = load_references(reference, labels, view, dicom_config) if reference else None
         if not quiet:
             click.echo(f"tanl-guard {__version__}: loading encoder {encoder_spec!r} and corpus {corpus_spec!r}", err=True)
-        guard = Guard.build(encoder=encoder_spec, labels=labels, reference_images=references, corpus=corpus_spec,
-                            detector=detector, policy=policy, device=device,
+        guard = Guard.build(encoder=encoder_spec, labels=labels,
+                            reference_images=references.images if references else None,
+                            reference_sources=references.sources if references else None, corpus=corpus_spec,
+                            detector=detector, policy=policy, device=device, feature_source=feature_source,
                             cache_dir=str(cache_dir) if cache_dir else None, progress=not quiet, seed=seed)
     except (ValueError, RuntimeError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
-    description = describe_guard(guard, entry_point="screen", reference_images=references, view=view,
+    description = describe_guard(guard, entry_point="screen",
+                                 reference_images=references.images if references else None, view=view,
                                  batch_size=batch_size, order=order, device=device)
     audit_logger = None
     if not no_audit:
@@ -384,6 +434,9 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     if ray_config is not None:
         from ..integrations.ray import RayScreener
 
+        if guard.feature_detector is not None and guard.feature_source == "trunk":
+            raise click.UsageError("--engine ray does not yet carry the feature gate's trunk features (a guard "
+                                   "built with --reference uses one): use --engine local, or --detector tanl")
         screener_class, screener_kwargs = RayScreener, {"encoder_spec": encoder_spec, "ray_config": ray_config}
     screener = screener_class(guard, screen_config, dicom_config, audit_logger, on_progress,
                               checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)},

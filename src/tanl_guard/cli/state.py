@@ -25,9 +25,19 @@ def _listener(payload: dict[str, Any]) -> dict[str, Any]:
             "listener_batches": int(state.get("batch", 0))}
 
 
+def _describe_detector(state: dict) -> dict:
+    from ..detectors import DETECTORS
+
+    name = state.get("detector")
+    if name not in DETECTORS:
+        return {"detector": name}
+    return DETECTORS[name].detector.describe_state(state)
+
+
 def describe_checkpoint(payload: dict) -> dict:
-    """A JSON-safe description of a screening checkpoint."""
-    detector = payload["guard"]["detector"]
+    """A JSON-safe description of a screening checkpoint (each detector describes its own saved state)."""
+    guard = payload["guard"]
+    detector = _describe_detector(guard["detector"])
     if "verdicts" in payload:  # an earlier version's checkpoint held every verdict
         verdicts = payload["verdicts"]
         done, counts = len(verdicts), dict(Counter(v["verdict"] for v in verdicts.values()))
@@ -39,24 +49,22 @@ def describe_checkpoint(payload: dict) -> dict:
         "verdicts": counts,
         **_listener(payload),
         "order": payload.get("order"),
-        "detector": detector.get("detector"),
-        "images_screened": payload["guard"].get("n_images"),
-        "threshold_policy": payload["guard"].get("policy_threshold"),
+        "detector": guard.get("name", detector.get("detector")),
+        "images_screened": guard.get("n_images"),
+        "threshold_policy": guard.get("policy_threshold"),
         "metadata": payload.get("metadata", {}),
     }
     if "last_batch" in payload:
         out.update(last_batch=payload["last_batch"], manifest=payload.get("manifest"),
                    encoder_sha256=payload.get("encoder") or None)
-    if detector.get("detector") == "tanl":
-        out.update(
-            threshold=detector["threshold"],
-            pos_queue=int(detector["pos_features"].shape[0]),
-            neg_queue=int(detector["neg_features"].shape[0]),
-            history=int(detector["history"].numel()),
-            batches=detector["n_steps"],
-            config=detector["config"],
-            selected_negative_indices=detector["selected"][:20].tolist(),
-        )
+    detector.pop("detector", None)
+    if "selected" in detector:  # the checkpoint holds no corpus: indices into the guard's corpus
+        detector["selected_negative_indices"] = detector.pop("selected")
+    out.update(detector)
+    if guard.get("feature_detector"):
+        out["feature_gate"] = _describe_detector(guard["feature_detector"])
+    if guard.get("calibration"):
+        out["calibration"] = guard["calibration"]
     return out
 
 

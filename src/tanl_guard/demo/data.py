@@ -6,8 +6,8 @@ series written here from real brain MRI volumes that ship with nilearn (the MNI1
 run) and matplotlib (a sagittal slice). Out of distribution: packaged CT, X-ray (CR), ultrasound and NM files,
 and photos from scikit-image stored as DICOM secondary captures. Broken inputs: two truncated copies, a JPEG
 file whose decoder is not installed, a structured report without pixels, and a text file.
-Reference ID images (anchors, never screened): other MNI152 slices, nibabel's small anatomical volume and
-the top slices of the EPI run.
+Reference ID images, from volumes that are never screened: nibabel's small anatomical volume, its NIfTI-2
+example and its functional run (one subfolder, that is one source, per volume).
 
 All patient fields of the generated files are fictitious; the packaged files carry test-data names, which the
 product never writes out (studies are named by salted hashes).
@@ -173,12 +173,16 @@ def build_demo_folder(root: str | Path) -> DemoFolder:
     sources.update({"export_40.dcm": "MR2_UNCR cut short", "export_41.dcm": "noise after a preamble",
                     "notes.txt": "a text file"})
 
-    # Reference ID images (anchors): the template at 1 mm, nibabel's small anatomical volume, the EPI's top slices.
-    mni1 = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
-    anatomical = np.asarray(nibabel.load(str(nib_data / "anatomical.nii")).get_fdata(), dtype=np.float32)
-    epi_top = _axial(epi, [21, 22, 23])  # EPI slices above every screened slab
-    references_images = list(_axial(mni1, np.linspace(40, 140, 10))) + list(_axial(anatomical, [8, 12, 16]))
-    for i, image in enumerate(references_images + list(epi_top)):
-        scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
-        np.save(references / f"brain_{i:02d}.npy", scaled.astype(np.float32))
+    # Reference ID images: from brain-MR volumes that are never screened (nibabel's small anatomical volume, its
+    # NIfTI-2 example and its low-resolution functional run), one subfolder per volume: each is a source that the
+    # feature gate's calibration holds out in turn.
+    for volume, name, positions in (("anatomical", "anatomical.nii", np.linspace(4, 20, 6)),
+                                    ("nifti2", "example_nifti2.nii.gz", np.linspace(2, 10, 5)),
+                                    ("functional", "functional.nii", [0, 1, 2])):
+        data = np.asarray(nibabel.load(str(nib_data / name)).get_fdata(), dtype=np.float32)
+        folder = references / volume
+        folder.mkdir()
+        for i, image in enumerate(_axial(data[..., 0] if data.ndim == 4 else data, positions)):
+            scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
+            np.save(folder / f"brain_{i:02d}.npy", scaled.astype(np.float32))
     return DemoFolder(studies=studies, references=references, expected=expected, sources=sources)

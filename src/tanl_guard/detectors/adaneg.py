@@ -17,7 +17,7 @@ import torch
 
 from ..config import AdaNegConfig, config_to_dict
 from ..scores import group_permutation, grouped_neglabel_score
-from .base import Detector, DetectorStep
+from .base import DetectorStep, LabelBank, LabelDetector
 from .neglabel import neglabel_selection
 
 __all__ = ["AdaNegDetector"]
@@ -28,7 +28,7 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
-class AdaNegDetector(Detector):
+class AdaNegDetector(LabelDetector):
     """Online detector with per-label feature memories (proxies) over NegLabel's static negatives.
 
     The returned score is ``(S_proxy + lambda * S_text) / (1 + lambda)``: the paper's sum rescaled to [0, 1]
@@ -44,6 +44,7 @@ class AdaNegDetector(Detector):
 
     name = "adaneg"
     paper = "Zhang et al., Learning Transferable Negative Prompts for OOD Detection (AdaNeg), NeurIPS 2024"
+    config_class = AdaNegConfig
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class AdaNegDetector(Detector):
         corpus: torch.Tensor,
         logit_scale: float,
         config: AdaNegConfig | None = None,
+        *,
         kinds: torch.Tensor | None = None,
     ) -> None:
         super().__init__(id_text, corpus, logit_scale)
@@ -59,7 +61,8 @@ class AdaNegDetector(Detector):
         self.config = config if config is not None else AdaNegConfig()
         bank = self.bank
         self.selected = neglabel_selection(bank.id_text, bank.corpus, self.config.negatives, kinds)
-        self._text = torch.cat([bank.id_text, bank.corpus[self.selected]])  # (C + M, D)
+        self._columns = torch.cat([torch.arange(bank.n_id, device=bank.device), bank.n_id + self.selected])
+        self._text = bank.weights[self._columns]  # (C + M, D): the memories' text slots
         self.groups = group_permutation(self.selected.numel(), self.config.n_groups, self.config.negatives.seed, bank.device)
         self.reset()
 
@@ -75,8 +78,9 @@ class AdaNegDetector(Detector):
         total = self._text + self.memory.sum(dim=1)  # empty slots are zeros
         return torch.nn.functional.normalize(total / (1 + self.filled)[:, None].to(total.dtype), dim=1)
 
-    def _logits(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return (self.bank.logit_scale * features) @ weights.T
+    def _proxy_logits(self, features: torch.Tensor) -> torch.Tensor:
+        # through a LabelBank like every other product, so a sample's logits do not depend on its batch
+        return LabelBank.from_weights(self.proxies(), self.bank.n_id, self.bank.logit_scale).logits(features)
 
     def _cache(self, label: int, feature: torch.Tensor, entropy: float) -> None:
         count = int(self.filled[label])
@@ -93,7 +97,7 @@ class AdaNegDetector(Detector):
     def step(self, image_features: torch.Tensor) -> DetectorStep:
         features = self.bank.prepare(image_features)
         cfg, n_id = self.config, self.bank.n_id
-        text_logits = self._logits(features, self._text)
+        text_logits = self.bank.logits(features, self._columns)
         text_scores = grouped_neglabel_score(text_logits[:, :n_id], text_logits[:, n_id:], self.groups)
 
         low, high = cfg.threshold - cfg.gap * cfg.threshold, cfg.threshold + cfg.gap * (1.0 - cfg.threshold)
@@ -105,7 +109,7 @@ class AdaNegDetector(Detector):
             elif float(text_scores[i]) < low:
                 self._cache(int(neg_label[i]), features[i], float(neg_entropy[i]))
 
-        proxy_logits = self._logits(features, self.proxies())
+        proxy_logits = self._proxy_logits(features)
         proxy_scores = grouped_neglabel_score(proxy_logits[:, :n_id], proxy_logits[:, n_id:], self.groups)
         scores = (proxy_scores + cfg.weight * text_scores) / (1.0 + cfg.weight)
         id_probs = torch.softmax(text_logits[:, :n_id], 1) + cfg.weight * torch.softmax(proxy_logits[:, :n_id], 1)
@@ -134,3 +138,17 @@ class AdaNegDetector(Detector):
         self.filled = state["filled"].to(self.filled)
         self.entropies = state["entropies"].to(self.entropies)
         self.n_seen = int(state["n_seen"])
+
+    def snapshot(self, n_selected: int = 20) -> dict[str, Any]:
+        # from the counts alone: the full state holds every memory (hundreds of MB at ImageNet scale)
+        summary = {"detector": self.name, "config": config_to_dict(self.config), "filled": self.filled.cpu(),
+                   "n_seen": self.n_seen}
+        return self.describe_state(summary, n_selected)
+
+    @classmethod
+    def describe_state(cls, state: dict[str, Any], n_selected: int = 20) -> dict[str, Any]:
+        """Cached features per memory (ID labels, negative labels) and images seen."""
+        out = super().describe_state(state, n_selected)
+        filled = state["filled"]
+        out.update(cached=int(filled.sum()), labels_with_cache=int((filled > 0).sum()), images=int(state["n_seen"]))
+        return out

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["LabelBank", "DetectorStep", "Detector", "MIN_GEMM_ROWS", "UNIT_NORM_TOLERANCE"]
+__all__ = ["LabelBank", "DetectorStep", "Detector", "LabelDetector", "MIN_GEMM_ROWS", "UNIT_NORM_TOLERANCE"]
 
 # Matrix products over fewer rows take other BLAS kernels whose rounding differs (seen with MKL below 16 rows).
 # Padding every product to at least this many rows makes a sample's logits independent of its batch, which is
@@ -58,6 +58,22 @@ class LabelBank:
         self.logit_scale = float(logit_scale)
         self.weights = torch.cat([id_text, corpus.to(id_text)]).contiguous()
         self._fingerprint: str | None = None
+
+    @classmethod
+    def from_weights(cls, weights: torch.Tensor, n_id: int, logit_scale: float) -> LabelBank:
+        """A bank over an existing (C + N, D) matrix, without copying it (AdaNeg's per-step proxies).
+
+        Args:
+            weights: (C + N, D) label embeddings, ID labels first.
+            n_id: C.
+            logit_scale: kappa.
+        """
+        bank = cls.__new__(cls)
+        bank.n_id = int(n_id)
+        bank.logit_scale = float(logit_scale)
+        bank.weights = _check_matrix("weights", weights)
+        bank._fingerprint = None
+        return bank
 
     @property
     def n_corpus(self) -> int:
@@ -156,25 +172,74 @@ class DetectorStep:
 
 
 class Detector(abc.ABC):
-    """A streaming OOD detector over image embeddings: ``reset`` then ``step`` batch after batch."""
+    """A streaming OOD detector: ``reset``, then ``step`` batch after batch; ``snapshot`` for the audit.
+
+    Every detector has a config class (:attr:`config_class`), is built the same way (:meth:`from_config`, or
+    :func:`~tanl_guard.detectors.make_detector` by registry name), and reads one kind of input (:attr:`input`):
+    ``"embeddings"`` (the joint image-text space; label detectors such as TANL) or ``"features"`` (image features;
+    feature detectors such as kNN, which must be :meth:`fit` on reference ID images first).
+    """
 
     #: short registry name ("tanl", "neglabel", ...)
     name: ClassVar[str] = ""
     #: the paper the detector implements
     paper: ClassVar[str] = ""
+    #: the frozen dataclass that configures it
+    config_class: ClassVar[type]
+    #: what :meth:`step` reads: ``"embeddings"`` or ``"features"``
+    input: ClassVar[str] = "embeddings"
+    #: whether :meth:`fit` must run on reference ID images before :meth:`step`
+    needs_fit: ClassVar[bool] = False
+    #: whether :meth:`step` takes ``admit=(confident_id, confident_ood)`` masks for its queues (TANL)
+    accepts_admission: ClassVar[bool] = False
 
-    def __init__(self, id_text: torch.Tensor, corpus: torch.Tensor, logit_scale: float) -> None:
-        self.bank = LabelBank(id_text, corpus, logit_scale)
+    config: Any
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(
+        cls,
+        config: Any = None,
+        *,
+        id_embeddings: torch.Tensor | None = None,
+        corpus_embeddings: torch.Tensor | None = None,
+        logit_scale: float | None = None,
+        corpus_kinds: torch.Tensor | None = None,
+    ) -> Detector:
+        """The one way every detector is built (what :func:`~tanl_guard.detectors.make_detector` calls).
+
+        Args:
+            config: an instance of :attr:`config_class` (its defaults when None).
+            id_embeddings: (C, D) unit-norm ID label embeddings (label detectors).
+            corpus_embeddings: (N, D) unit-norm corpus label embeddings (label detectors).
+            logit_scale: the encoder's logit scale (label detectors).
+            corpus_kinds: (N,) integer kind per corpus label (detectors that select per kind).
+        """
 
     def reset(self, **kwargs: Any) -> None:  # noqa: B027 - stateless detectors have nothing to reset
-        """Forget everything learnt from the stream."""
+        """Forget everything learnt from the stream.
+
+        Args:
+            **kwargs: cold-start inputs a detector may use (TANL: ``noise_features``, ``generator``); others ignore
+                them, so a caller can reset any detector the same way.
+        """
+
+    def fit(self, features: torch.Tensor, labels: Any = None, sources: Any = None) -> dict[str, Any] | None:
+        """Fit on reference ID images (feature detectors); label detectors have nothing to fit.
+
+        Args:
+            features: (n, F) reference features.
+            labels: (n,) ID label index per reference (None: one label).
+            sources: per reference, the source it came from (volume, series, study), for calibration.
+        """
+        raise TypeError(f"detector {self.name!r} is not fit on reference images")
 
     @abc.abstractmethod
     def step(self, image_features: torch.Tensor) -> DetectorStep:
-        """Score one batch of (B, D) unit-norm image embeddings (and learn from it, for online detectors)."""
+        """Score one batch of (B, D) image embeddings or features (and learn from it, for online detectors)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"detector": self.name, "bank": self.bank.fingerprint()}
+        return {"detector": self.name}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._check_state_header(state)
@@ -182,6 +247,62 @@ class Detector(abc.ABC):
     def _check_state_header(self, state: dict[str, Any]) -> None:
         if state.get("detector") != self.name:
             raise ValueError(f"state is for detector {state.get('detector')!r}, not {self.name!r}")
+
+    def snapshot(self, n_selected: int = 20) -> dict[str, Any]:
+        """JSON-safe summary of the state for the audit (threshold, queue sizes, selected negative indices ...).
+
+        Args:
+            n_selected: how many selected corpus indices to list, strongest first (detectors that select).
+        """
+        return self.describe_state(self.state_dict(), n_selected)
+
+    @classmethod
+    def describe_state(cls, state: dict[str, Any], n_selected: int = 20) -> dict[str, Any]:
+        """JSON-safe summary of a saved :meth:`state_dict`, without building the detector (``tanl-guard state``).
+
+        Args:
+            state: the saved state.
+            n_selected: how many selected corpus indices to list.
+        """
+        out: dict[str, Any] = {"detector": state.get("detector")}
+        if isinstance(state.get("config"), dict):
+            out["config"] = state["config"]
+        return out
+
+
+class LabelDetector(Detector):
+    """A detector that scores image embeddings against ID label and corpus label embeddings (a :class:`LabelBank`).
+
+    Args:
+        id_text: (C, D) unit-norm ID label embeddings.
+        corpus: (N, D) unit-norm corpus label embeddings.
+        logit_scale: kappa, the encoder's logit scale.
+
+    Subclasses take ``(id_text, corpus, logit_scale, config=None, *, kinds=None)``: one constructor shape.
+    """
+
+    def __init__(self, id_text: torch.Tensor, corpus: torch.Tensor, logit_scale: float) -> None:
+        self.bank = LabelBank(id_text, corpus, logit_scale)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any = None,
+        *,
+        id_embeddings: torch.Tensor | None = None,
+        corpus_embeddings: torch.Tensor | None = None,
+        logit_scale: float | None = None,
+        corpus_kinds: torch.Tensor | None = None,
+    ) -> LabelDetector:
+        if id_embeddings is None or corpus_embeddings is None or logit_scale is None:
+            raise ValueError(f"detector {cls.name!r} needs id_embeddings, corpus_embeddings and logit_scale")
+        return cls(id_embeddings, corpus_embeddings, logit_scale, config, kinds=corpus_kinds)  # type: ignore[call-arg]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"detector": self.name, "bank": self.bank.fingerprint()}
+
+    def _check_state_header(self, state: dict[str, Any]) -> None:
+        super()._check_state_header(state)
         if state.get("bank") != self.bank.fingerprint():
             raise ValueError("state was saved with other label embeddings (encoder, ID labels or corpus differ)")
 

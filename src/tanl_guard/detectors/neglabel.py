@@ -10,7 +10,7 @@ import torch
 from ..config import NegLabelConfig, config_to_dict
 from ..scores import group_permutation, grouped_neglabel_score
 from ..selection import distance_to_id, select_farthest
-from .base import Detector, DetectorStep
+from .base import DetectorStep, LabelDetector
 
 __all__ = ["NegLabelDetector", "neglabel_selection"]
 
@@ -25,7 +25,7 @@ def neglabel_selection(
     return select_farthest(distances, n_select=config.n_negatives, kinds=kinds)
 
 
-class NegLabelDetector(Detector):
+class NegLabelDetector(LabelDetector):
     """Scores against a fixed set of negative labels chosen once, far from the ID labels; stateless.
 
     Args:
@@ -39,6 +39,7 @@ class NegLabelDetector(Detector):
 
     name = "neglabel"
     paper = "Jiang et al., Negative Label Guided OOD Detection with Pretrained Vision-Language Models, ICLR 2024"
+    config_class = NegLabelConfig
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class NegLabelDetector(Detector):
         corpus: torch.Tensor,
         logit_scale: float,
         config: NegLabelConfig | None = None,
+        *,
         kinds: torch.Tensor | None = None,
         selected: torch.Tensor | None = None,
     ) -> None:
@@ -73,3 +75,11 @@ class NegLabelDetector(Detector):
         state = super().state_dict()
         state.update(config=config_to_dict(self.config), selected=self.selected.cpu().clone())
         return state
+
+    @classmethod
+    def describe_state(cls, state: dict[str, Any], n_selected: int = 20) -> dict[str, Any]:
+        """The static selection's size and its first corpus indices."""
+        out = super().describe_state(state, n_selected)
+        out.update(n_selected=int(state["selected"].numel()),
+                   selected=[int(i) for i in state["selected"][:n_selected].tolist()])
+        return out

@@ -21,7 +21,7 @@ from ..config import TANLConfig, config_from_dict, config_to_dict
 from ..queue import ActivationQueue
 from ..scores import _id_lse, _score_from_id_lse, activation_aware_score
 from ..threshold import otsu_threshold
-from .base import MIN_GEMM_ROWS, Detector, DetectorStep
+from .base import MIN_GEMM_ROWS, DetectorStep, LabelDetector
 
 __all__ = ["TANLStep", "TANLDetector"]
 
@@ -56,6 +56,15 @@ def _check_order(order: Any, n: int, name: str) -> torch.Tensor | None:
     return order
 
 
+def _check_admission(admit: Any, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    masks = tuple(torch.as_tensor(m, dtype=torch.bool, device=device).flatten() for m in admit)
+    if len(masks) != 2 or any(m.numel() != n for m in masks):
+        raise ValueError(f"admit must be two boolean masks of {n} entries (confident ID, confident OOD)")
+    if bool((masks[0] & masks[1]).any()):
+        raise ValueError("admit: an image cannot be admitted as both confident ID and confident OOD")
+    return masks[0], masks[1]
+
+
 class _Workspace:
     """Buffers a step reuses from batch to batch instead of allocating (and page-faulting) them every time.
 
@@ -85,7 +94,7 @@ def _runs(index: torch.Tensor) -> list[tuple[int, int, int]]:
     return runs
 
 
-class TANLDetector(Detector):
+class TANLDetector(LabelDetector):
     """Online OOD detector that mines, from the test stream, the corpus labels that OOD images activate.
 
     Args:
@@ -94,6 +103,7 @@ class TANLDetector(Detector):
             from all of it).
         logit_scale: kappa, the encoder's logit scale (100 for CLIP).
         config: method settings; the defaults are the paper's.
+        kinds: accepted for the shared constructor shape; TANL selects over the whole corpus regardless of kind.
 
     Example::
 
@@ -107,9 +117,17 @@ class TANLDetector(Detector):
 
     name = "tanl"
     paper = "Zhang et al., Activation Matters: Test-time Activated Negative Labels for OOD Detection, CVPR 2026"
+    config_class = TANLConfig
+    accepts_admission = True
 
     def __init__(
-        self, id_text: torch.Tensor, corpus: torch.Tensor, logit_scale: float, config: TANLConfig | None = None
+        self,
+        id_text: torch.Tensor,
+        corpus: torch.Tensor,
+        logit_scale: float,
+        config: TANLConfig | None = None,
+        *,
+        kinds: torch.Tensor | None = None,
     ) -> None:
         super().__init__(id_text, corpus, logit_scale)
         if self.bank.n_corpus == 0:
@@ -269,8 +287,15 @@ class TANLDetector(Detector):
         self._ready = True
 
     # ------------------------------------------------------------------ step
-    def step(self, image_features: torch.Tensor) -> TANLStep:
-        """Score a batch and learn from it (paper Sec. 3.7). Bad input raises ValueError and changes nothing."""
+    def step(self, image_features: torch.Tensor, admit: tuple[torch.Tensor, torch.Tensor] | None = None) -> TANLStep:
+        """Score a batch and learn from it (paper Sec. 3.7). Bad input raises ValueError and changes nothing.
+
+        Args:
+            image_features: (B, D) image embeddings.
+            admit: (confident ID, confident OOD) boolean masks of shape (B,) that replace the Otsu-gap rule for
+                admission into the queues (and the batch-adaptive means), e.g. the verdicts of a feature gate
+                fit on reference ID images; None keeps the paper's rule. The threshold and history are kept as usual.
+        """
         # A step is one big product, one softmax and many small operations. On a busy machine every parallel region
         # of the small ones waits for a descheduled thread, so they run on one thread there. Column means over rows
         # (queue and batch means) add up in an order that depends on the thread count: they always run with the
@@ -279,6 +304,7 @@ class TANLDetector(Detector):
         small = 1 if machine_is_busy() else threads
         with intra_op_threads(small):
             features = self.bank.prepare(image_features)
+        admit = None if admit is None else _check_admission(admit, features.shape[0], features.device)
         if not self._ready:
             self.reset()
         cfg, n_id, dtype = self.config, self.bank.n_id, self.bank.dtype
@@ -296,6 +322,8 @@ class TANLDetector(Detector):
             threshold = otsu_threshold(history)
             confident_id = first_pass > threshold + cfg.gap * (1.0 - threshold)
             confident_ood = first_pass < threshold - cfg.gap * threshold
+            if admit is not None:
+                confident_id, confident_ood = admit
 
             # Only admitted images need their activation rows: the softmax runs over those rows alone.
             pos_index, neg_index = torch.nonzero(confident_id).flatten(), torch.nonzero(confident_ood).flatten()
@@ -381,6 +409,21 @@ class TANLDetector(Detector):
         self.n_steps = int(state["n_steps"])
         self.n_seen = int(state["n_seen"])
         self._ready = True
+
+    @classmethod
+    def describe_state(cls, state: dict[str, Any], n_selected: int = 20) -> dict[str, Any]:
+        """Threshold, queue sizes, history length, batches and images seen, leading selected corpus indices."""
+        out = super().describe_state(state, n_selected)
+        out.update(
+            threshold=float(state["threshold"]),
+            pos_queue=int(state["pos_features"].shape[0]),
+            neg_queue=int(state["neg_features"].shape[0]),
+            history=int(state["history"].numel()),
+            batches=int(state["n_steps"]),
+            images=int(state["n_seen"]),
+            selected=[int(i) for i in state["selected"][:n_selected].tolist()],
+        )
+        return out
 
     @classmethod
     def from_state(

@@ -4,6 +4,7 @@
 >>> from tanl_guard.encoders import resolve, build_id_anchors
 >>> encoder = resolve("surrogate")                                # or "biomedclip", "open_clip:ViT-B-32:/path.pt"
 >>> anchors = build_id_anchors(encoder, ["brain MRI"], reference_images={"brain MRI": images})
+>>> encoded = encoder.encode_images(images, return_features=True)  # embeddings + trunk features, one pass
 
 Importing this package loads neither open_clip, transformers nor timm: each encoder imports them when built.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from tanl_guard.encoders._images import ImageRangeWarning
 from tanl_guard.encoders.anchors import IDAnchors, build_id_anchors
-from tanl_guard.encoders.base import BaseEncoder, ImagePreprocess, VisionLanguageEncoder
+from tanl_guard.encoders.base import BaseEncoder, ImageEncoding, ImagePreprocess, VisionLanguageEncoder
 from tanl_guard.encoders.errors import EncoderNotAvailable
 from tanl_guard.encoders.open_clip import OpenCLIPEncoder
 from tanl_guard.encoders.registry import DEFAULT_ENCODER, list_encoders, register_encoder, resolve
@@ -27,6 +28,7 @@ __all__ = [
     "VisionLanguageEncoder",
     "BaseEncoder",
     "ImagePreprocess",
+    "ImageEncoding",
     "EncoderNotAvailable",
     "ImageRangeWarning",
     "OpenCLIPEncoder",

@@ -130,6 +130,7 @@ def build_id_anchors(
     labels: Sequence[str] = (),
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     reference_images: Mapping[str, Any] | None = None,
+    reference_embeddings: Mapping[str, torch.Tensor] | None = None,
 ) -> IDAnchors:
     """Embed ID labels (prompt ensembles) and/or reference images (prototypes) as ID anchor columns.
 
@@ -143,6 +144,8 @@ def build_id_anchors(
             re-normalised. Defaults to :data:`~tanl_guard.encoders.templates.DEFAULT_TEMPLATES`.
         reference_images: label -> images of that label (anything ``encoder.encode_images`` accepts: a (N, C, H, W)
             tensor or a sequence of images); each label's embeddings are averaged and re-normalised.
+        reference_embeddings: label -> (N, D) embeddings of its reference images, already computed with
+            ``encoder`` (instead of ``reference_images``, when the caller encoded them for other uses too).
 
     Returns:
         the anchors, embeddings float32 on ``encoder.device``.
@@ -152,7 +155,9 @@ def build_id_anchors(
             with no reference images.
     """
     labels = _unique_labels(labels, "labels")
-    reference_images = dict(reference_images or {})
+    if reference_images and reference_embeddings:
+        raise ValueError("give reference_images or reference_embeddings, not both")
+    reference_images = dict(reference_images or reference_embeddings or {})
     image_labels = _unique_labels(tuple(reference_images), "reference image labels")
     if not labels and not image_labels:
         raise ValueError("build_id_anchors needs ID labels, reference images, or both")
@@ -176,7 +181,8 @@ def build_id_anchors(
         support.extend([len(used_templates)] * len(labels))
 
     for label in image_labels:
-        emb = encoder.encode_images(reference_images[label]).float()
+        given = reference_images[label]
+        emb = (given if reference_embeddings else encoder.encode_images(given)).float()
         if emb.shape[0] == 0:
             raise ValueError(f"no reference images for label {label!r}")
         blocks.append(torch.nn.functional.normalize(emb.mean(dim=0, keepdim=True), dim=-1))

@@ -16,7 +16,15 @@ import torch
 from tanl_guard._optional import optional_import
 from tanl_guard.encoders._images import iter_pixel_batches
 
-__all__ = ["ImagePreprocess", "VisionLanguageEncoder", "BaseEncoder", "resolve_device", "sha256_of_files", "sha256_of_state_dict"]
+__all__ = [
+    "ImagePreprocess",
+    "ImageEncoding",
+    "VisionLanguageEncoder",
+    "BaseEncoder",
+    "resolve_device",
+    "sha256_of_files",
+    "sha256_of_state_dict",
+]
 
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -67,6 +75,54 @@ class ImagePreprocess:
         return int(self.resize if self.resize is not None else self.size)
 
 
+@dataclass(frozen=True)
+class ImageEncoding:
+    """Images through an encoder: the joint-space embeddings and, from the same forward pass, trunk features.
+
+    Attributes:
+        embeddings: (B, D) float32 L2-normalised joint image-text embeddings (what label detectors read).
+        features: (B, F) float32 pooled image-trunk features before the projection into the joint space
+            (surrogate: EfficientNet-Lite0's penultimate layer, F = 1280; open_clip / BiomedCLIP: the visual
+            trunk's pooled output), not normalised; or any (B, F) features a caller supplies, e.g. a classifier's
+            penultimate layer. None when not computed.
+    """
+
+    embeddings: torch.Tensor
+    features: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.features is not None and self.features.shape[0] != self.embeddings.shape[0]:
+            raise ValueError(
+                f"embeddings ({self.embeddings.shape[0]}) and features ({self.features.shape[0]}) differ in length"
+            )
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def rows(self, index: Any) -> ImageEncoding:
+        """The encoding of some images (a slice, index list or boolean mask).
+
+        Args:
+            index: anything a tensor accepts as a row index.
+        """
+        return ImageEncoding(self.embeddings[index], None if self.features is None else self.features[index])
+
+    @staticmethod
+    def cat(parts: Sequence[ImageEncoding]) -> ImageEncoding:
+        """Concatenate encodings (all with features, or none).
+
+        Args:
+            parts: the encodings, at least one.
+        """
+        feats = [p.features for p in parts]
+        if any(f is None for f in feats) and not all(f is None for f in feats):
+            raise ValueError("cannot concatenate encodings with and without features")
+        return ImageEncoding(
+            torch.cat([p.embeddings for p in parts]),
+            None if feats[0] is None else torch.cat(feats),  # type: ignore[arg-type]
+        )
+
+
 @runtime_checkable
 class VisionLanguageEncoder(Protocol):
     """What the guard needs from a CLIP-style encoder: images and texts in one unit-norm embedding space.
@@ -79,6 +135,7 @@ class VisionLanguageEncoder(Protocol):
         device: where embeddings are computed and returned.
         preprocess: the image preprocessing the model expects.
         batch_size: how many images are embedded per forward pass.
+        feature_dim: F, the dimension of the trunk features (None when the encoder cannot give them).
     """
 
     id: str
@@ -87,11 +144,14 @@ class VisionLanguageEncoder(Protocol):
     device: torch.device
     preprocess: ImagePreprocess
     batch_size: int
+    feature_dim: int | None
 
     @property
     def weights_sha256(self) -> str: ...
 
-    def encode_images(self, images: Any, *, normalize_input: bool = True) -> torch.Tensor:
+    def encode_images(
+        self, images: Any, *, normalize_input: bool = True, return_features: bool = False
+    ) -> torch.Tensor | ImageEncoding:
         """Embed images: a (B, C, H, W) tensor in [0, 1] or a sequence of (H, W) / (H, W, 3) / (C, H, W) images.
 
         Args:
@@ -101,9 +161,11 @@ class VisionLanguageEncoder(Protocol):
                 ``ValueError``.
             normalize_input: apply the encoder's mean/std; False feeds the resized pixels as they are (TANL's
                 synthetic noise images).
+            return_features: also return the image trunk's pooled features from the same forward pass.
 
         Returns:
-            (B, D) float32 L2-normalised embeddings on ``device``.
+            (B, D) float32 L2-normalised embeddings on ``device``; with ``return_features`` an
+            :class:`ImageEncoding` holding them and the (B, F) trunk features.
         """
         ...
 
@@ -211,6 +273,7 @@ class BaseEncoder(abc.ABC):
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.text_batch_size = int(text_batch_size)
+        self.feature_dim: int | None = None  # set by encoders that implement _embed_pixels_with_features
         self._weights_sha256: str | None = None
 
     @property
@@ -232,7 +295,16 @@ class BaseEncoder(abc.ABC):
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         """A list of prompts -> (t, D) embeddings (any norm) on ``device``."""
 
-    def encode_images(self, images: Any, *, normalize_input: bool = True) -> torch.Tensor:
+    def _embed_pixels_with_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, 3, S, S) preprocessed pixels -> ((b, D) embeddings, (b, F) trunk features), one forward pass."""
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.id}) cannot return image-trunk features; use the joint embeddings as "
+            "features instead (feature source 'embedding')"
+        )
+
+    def encode_images(
+        self, images: Any, *, normalize_input: bool = True, return_features: bool = False
+    ) -> torch.Tensor | ImageEncoding:
         """Embed images; see :meth:`VisionLanguageEncoder.encode_images`.
 
         Args:
@@ -240,12 +312,20 @@ class BaseEncoder(abc.ABC):
                 (H, W), (H, W, 3) or (1|3, H, W) in [0, 1] (uint8 is divided by 255), any size. Images outside
                 [0, 1] are min-max scaled, each on its own, with an ``ImageRangeWarning``.
             normalize_input: apply the encoder's mean/std after resizing; False skips it.
+            return_features: also return the trunk features (same forward pass) in an :class:`ImageEncoding`.
 
         Returns:
-            (B, D) float32 L2-normalised embeddings on ``device``.
+            (B, D) float32 L2-normalised embeddings on ``device``, or an :class:`ImageEncoding` with
+            ``return_features``.
+
+        Raises:
+            NotImplementedError: ``return_features`` on an encoder without trunk features.
         """
+        if return_features and self.feature_dim is None:
+            self._embed_pixels_with_features(torch.empty(0))  # raises the explanation
         pp = self.preprocess
         outputs = []
+        features = []
         with torch.inference_mode():
             for pixels in iter_pixel_batches(
                 images,
@@ -258,10 +338,20 @@ class BaseEncoder(abc.ABC):
                 batch_size=self.batch_size,
                 device=self.device,
             ):
-                outputs.append(self._normalize(self._embed_pixels(pixels)))
+                if return_features:
+                    embedded, trunk = self._embed_pixels_with_features(pixels)
+                    outputs.append(self._normalize(embedded))
+                    features.append(trunk.to(device=self.device, dtype=torch.float32))
+                else:
+                    outputs.append(self._normalize(self._embed_pixels(pixels)))
         if not outputs:
-            return torch.empty(0, self.embed_dim, dtype=torch.float32, device=self.device)
-        return torch.cat(outputs)
+            embeddings = torch.empty(0, self.embed_dim, dtype=torch.float32, device=self.device)
+            if not return_features:
+                return embeddings
+            return ImageEncoding(embeddings, torch.empty(0, int(self.feature_dim or 0), device=self.device))
+        if not return_features:
+            return torch.cat(outputs)
+        return ImageEncoding(torch.cat(outputs), torch.cat(features))
 
     def encode_texts(
         self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False

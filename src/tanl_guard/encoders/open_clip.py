@@ -130,6 +130,7 @@ class OpenCLIPEncoder(BaseEncoder):
         if dim is None:  # an unusual tower: ask the model
             dim = int(self.encode_texts([""]).shape[1])
         self.embed_dim = int(dim)
+        self.feature_dim = _trunk_dim(self.model.visual)
 
     def _compute_weights_sha256(self) -> str:
         if self.checkpoint_files:
@@ -139,9 +140,55 @@ class OpenCLIPEncoder(BaseEncoder):
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(self._dtype))
 
+    def _embed_pixels_with_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the visual tower's own forward, split before its projection into the joint space
+        visual, x = self.model.visual, pixels.to(self._dtype)
+        if _is_timm_tower(visual):  # BiomedCLIP and other timm trunks: trunk (pooled) -> its classifier -> head
+            trunk = visual.trunk
+            pre = trunk.forward_head(trunk.forward_features(x), pre_logits=True)
+            if pre.ndim == 2:  # the classifier is the projection when open_clip adds none (proj "none")
+                return visual.head(trunk.get_classifier()(pre)), pre
+            # tokens or a feature map for an attention-pooling head: average them
+            return visual.head(pre), (pre.mean(dim=1) if pre.ndim == 3 else pre.flatten(2).mean(dim=2))
+        if _is_vit_tower(visual):  # open_clip's VisionTransformer: embeds -> transformer -> pool -> @ proj
+            pooled, _ = visual._pool(visual.transformer(visual._embeds(x)))
+            return (pooled @ visual.proj if visual.proj is not None else pooled), pooled
+        if _is_resnet_tower(visual):  # ModifiedResNet: its attention pool projects, so average-pool layer4
+            x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(x)))))
+            return visual.attnpool(x), x.mean(dim=(2, 3))
+        return super()._embed_pixels_with_features(pixels)
+
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts)
         return self.model.encode_text(tokens.to(self.device))
+
+
+def _is_timm_tower(visual: torch.nn.Module) -> bool:
+    trunk = getattr(visual, "trunk", None)
+    return hasattr(visual, "head") and all(
+        hasattr(trunk, name) for name in ("forward_features", "forward_head", "get_classifier", "num_features")
+    )
+
+
+def _is_vit_tower(visual: torch.nn.Module) -> bool:
+    return all(hasattr(visual, name) for name in ("_embeds", "transformer", "_pool", "proj")) and not getattr(
+        visual, "output_tokens", False
+    )
+
+
+def _is_resnet_tower(visual: torch.nn.Module) -> bool:
+    return all(hasattr(visual, name) for name in ("stem", "layer4", "attnpool"))
+
+
+def _trunk_dim(visual: torch.nn.Module) -> int | None:
+    """F of the trunk features, or None for a visual tower whose forward is not split here."""
+    if _is_timm_tower(visual):
+        return int(visual.trunk.num_features)
+    if _is_vit_tower(visual):
+        return int(visual.proj.shape[0]) if visual.proj is not None else int(visual.output_dim)
+    if _is_resnet_tower(visual):
+        return int(visual.layer4[-1].bn3.num_features) if hasattr(visual.layer4[-1], "bn3") else None
+    return None
 
 
 # -- loading --------------------------------------------------------------------------------------------------

@@ -58,7 +58,9 @@ class SurrogateEncoder(BaseEncoder):
 
     Image embedding: ``normalise(sum_c p_c(x) * MiniLM(name_c) / sum_c p_c)`` over the ``top_k`` most probable
     ImageNet classes of EfficientNet-Lite0; text embedding: all-MiniLM-L6-v2 (mean pooling over the attention
-    mask, max length 256). Both are L2-normalised 384-d vectors in the MiniLM space.
+    mask, max length 256). Both are L2-normalised 384-d vectors in the MiniLM space. Trunk features
+    (``encode_images(..., return_features=True)``): EfficientNet-Lite0's pooled penultimate layer, 1280-d, from the
+    same forward pass; far stronger for feature detectors than the ConSE embedding (docs/method.md).
 
     What it knows (measured, docs/encoders.md): real but weak semantics on natural photos (the cat photo's nearest
     words are tiger, cat, lion, kitten); no usable text semantics on medical images (a CT slice reads as a toilet
@@ -131,6 +133,7 @@ class SurrogateEncoder(BaseEncoder):
         self.text_model_dir = text_dir
 
         self._vision = self._load_vision(image_path).to(self.device).eval()
+        self.feature_dim = int(self._vision.num_features)  # 1280: the penultimate layer, before ConSE
         self._tokenizer, self._text = self._load_text(text_dir)
         self._text = self._text.to(self.device).eval()
         self.class_embeddings = self._class_embeddings()
@@ -221,10 +224,15 @@ class SurrogateEncoder(BaseEncoder):
         return result
 
     def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        probs = self.class_probabilities(pixels)
+        return self._embed_pixels_with_features(pixels)[0]
+
+    def _embed_pixels_with_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the network's own forward, split after the global pool: features and embedding from one pass
+        features = self._vision.forward_head(self._vision.forward_features(pixels), pre_logits=True)
+        probs = torch.softmax(self._vision.classifier(features).float(), dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         weights = top_p / top_p.sum(dim=-1, keepdim=True)
-        return torch.einsum("bk,bkd->bd", weights, self.class_embeddings[top_i])
+        return torch.einsum("bk,bkd->bd", weights, self.class_embeddings[top_i]), features
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         enc = self._tokenizer(

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 from .counts import StudyCounts, count_studies
 from .describe import DatasetDescription, RunDescription, describe_guard
-from .guard import GateResult, Guard, make_detector
-from .policy import GuardPolicy, ThresholdPolicy
+from .fusion import FusionConfig, GateScores
+from .guard import (
+    DEFAULT_FUSED_DETECTOR,
+    FEATURE_SOURCES,
+    GateResult,
+    Guard,
+    detector_names,
+    make_detector,
+    split_detector_name,
+)
+from .policy import STUDY_POLICIES, GuardPolicy, ThresholdPolicy
 from .verdicts import ACCEPT, REJECT, UNREADABLE, SeriesVerdict, StudyVerdict, combine_series, study_verdict
 
 __all__ = [
@@ -17,9 +26,16 @@ __all__ = [
     "describe_guard",
     "Guard",
     "GateResult",
+    "GateScores",
+    "FusionConfig",
     "make_detector",
+    "detector_names",
+    "split_detector_name",
+    "DEFAULT_FUSED_DETECTOR",
+    "FEATURE_SOURCES",
     "GuardPolicy",
     "ThresholdPolicy",
+    "STUDY_POLICIES",
     "SeriesVerdict",
     "StudyVerdict",
     "combine_series",

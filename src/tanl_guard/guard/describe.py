@@ -71,8 +71,10 @@ def digest_images(images: Mapping[str, Sequence[Any]]) -> str:
     return digest.hexdigest()
 
 
-def _detector_config(detector: Any) -> dict[str, Any]:
-    config = getattr(detector, "config", None)
+def _detector_config(guard: Any) -> dict[str, Any]:
+    if hasattr(guard, "detector_configs"):  # every gate's config, and the fusion's (a fused guard)
+        return guard.detector_configs()
+    config = getattr(guard.detector, "config", None)
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
 
 
@@ -102,14 +104,15 @@ def describe_guard(
     """
     from tanl_guard import __version__
 
-    encoder, corpus, detector, policy = guard.encoder, guard.corpus, guard.detector, guard.policy
+    encoder, corpus, policy = guard.encoder, guard.corpus, guard.policy
+    detector_name = str(getattr(guard, "detector_name", guard.detector.name))  # "tanl+knn" for a fused guard
     anchors = guard.anchors
     labels = list(dict.fromkeys(getattr(anchors, "label_of", ()) or ()))
     n_reference = sum(len(v) for v in (reference_images or {}).values())
     params: dict[str, Any] = {
         "encoder": str(encoder.id),
-        "detector": str(detector.name),
-        "detector_config": _detector_config(detector),
+        "detector": detector_name,
+        "detector_config": _detector_config(guard),
         "corpus": getattr(corpus, "name", "") or "",
         "corpus_size": len(corpus),
         "id_labels": labels,
@@ -124,20 +127,22 @@ def describe_guard(
     }
     if guard.calibration:
         params["calibration"] = dict(guard.calibration)
+    if getattr(guard, "feature_calibration", None):  # the feature gate's operating point, held-out references
+        params["feature_calibration"] = dict(guard.feature_calibration)
     params.update(extras)
     tags = {
         "tanl_guard.version": __version__,
         "encoder.id": str(encoder.id),
         "encoder.weights_sha256": str(getattr(encoder, "weights_sha256", "")),
         "corpus.sha256": str(getattr(corpus, "sha256", "")),
-        "detector": str(detector.name),
+        "detector": detector_name,
         "mlflow.source.type": "LOCAL",
         "mlflow.source.name": f"tanl-guard {entry_point}",
     }
     if classifier:
         tags["classifier.id"] = str(classifier)
     short_encoder = str(encoder.id).split(":", 1)[0]
-    run_name = f"{entry_point} {detector.name} {short_encoder} {time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}"
+    run_name = f"{entry_point} {detector_name} {short_encoder} {time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}"
     datasets: tuple[DatasetDescription, ...] = ()
     if reference_images:
         datasets = (

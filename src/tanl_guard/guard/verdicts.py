@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ACCEPT", "REJECT", "UNREADABLE", "SeriesVerdict", "StudyVerdict", "combine_series", "study_verdict"]
@@ -26,8 +26,13 @@ class SeriesVerdict:
         views: how many views were scored.
         view_scores: the id_score of each view.
         top_negatives: the activated negative labels that fired most on its views.
-        reason: why it was rejected or unreadable (None when accepted).
+        reason: why it was rejected or unreadable (None when accepted); names the gate(s) that refused.
         prediction: the most likely ID label (zero-shot, from the anchors), for information.
+        label_score: a fused guard's label-gate (e.g. TANL) score, reduced over the views.
+        label_threshold: the label gate's threshold.
+        feature_score: a fused guard's feature-gate (kNN, Mahalanobis) score, reduced over the views.
+        feature_threshold: the feature gate's threshold (calibrated on held-out references).
+        refused_by: the gates whose score fell below their threshold (rejected series of fused guards).
         conflicts: files of the series that share an SOP Instance UID with a file of other content (each other
             content is judged as a series of its own; ``--strict`` counts them).
     """
@@ -42,10 +47,15 @@ class SeriesVerdict:
     top_negatives: tuple[str, ...] = ()
     reason: str | None = None
     prediction: str | None = None
+    label_score: float | None = None
+    label_threshold: float | None = None
+    feature_score: float | None = None
+    feature_threshold: float | None = None
+    refused_by: tuple[str, ...] = ()
     conflicts: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "series": self.series,
             "modality": self.modality,
             "verdict": self.verdict,
@@ -54,6 +64,15 @@ class SeriesVerdict:
             "reason": self.reason,
             "conflicts": self.conflicts,
         }
+        out.update(_gate_json(self))
+        return out
+
+    @classmethod
+    def from_json(cls, line: dict[str, Any]) -> SeriesVerdict:
+        """Rebuild a series verdict from its :meth:`to_json` line (a checkpoint's done verdicts)."""
+        return cls(series=line["series"], modality=line["modality"], verdict=line["verdict"],
+                   id_score=line["id_score"], views=line["views"], reason=line["reason"],
+                   conflicts=line.get("conflicts", 0), **_gate_fields(line))
 
 
 @dataclass(frozen=True)
@@ -69,7 +88,11 @@ class StudyVerdict:
         top_negatives: activated negative labels behind the verdict, strongest first.
         reason: why it was rejected or unreadable.
         step: how many studies had been screened when this one was (its position in the screening order).
-        classification: the classifier's output when it ran (None when it was skipped).
+        label_score: a fused guard's label-gate score of the lowest-scoring series.
+        label_threshold: the label gate's threshold there.
+        feature_score: a fused guard's feature-gate score of the lowest-scoring series.
+        feature_threshold: the feature gate's threshold there.
+        refused_by: the gates that refused any of its rejected series.
     """
 
     study: str | None
@@ -80,7 +103,11 @@ class StudyVerdict:
     top_negatives: tuple[str, ...] = ()
     reason: str | None = None
     step: int | None = None
-    classification: dict[str, Any] | None = field(default=None)
+    label_score: float | None = None
+    label_threshold: float | None = None
+    feature_score: float | None = None
+    feature_threshold: float | None = None
+    refused_by: tuple[str, ...] = ()
 
     @property
     def conflicts(self) -> int:
@@ -99,9 +126,35 @@ class StudyVerdict:
             "reason": self.reason,
             "conflicts": self.conflicts,
         }
-        if self.classification is not None:
-            out["classification"] = self.classification
+        out.update(_gate_json(self))
         return out
+
+    @classmethod
+    def from_json(cls, line: dict[str, Any]) -> StudyVerdict:
+        """Rebuild a study verdict from its :meth:`to_json` line (``step`` included when present)."""
+        return cls(study=line["study"], verdict=line["verdict"], id_score=line["id_score"],
+                   threshold=line["threshold"], series=tuple(SeriesVerdict.from_json(s) for s in line["series"]),
+                   top_negatives=tuple(line["top_negatives"]), reason=line["reason"], step=line.get("step"),
+                   **_gate_fields(line))
+
+
+_GATE_KEYS = ("label_score", "label_threshold", "feature_score", "feature_threshold")
+
+
+def _gate_json(verdict: SeriesVerdict | StudyVerdict) -> dict[str, Any]:
+    """The fused guard's per-gate fields, present only when the verdict has them."""
+    if verdict.label_score is None and verdict.feature_score is None:
+        return {}
+    out: dict[str, Any] = {key: getattr(verdict, key) for key in _GATE_KEYS}
+    out["refused_by"] = list(verdict.refused_by)
+    return out
+
+
+def _gate_fields(line: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {key: line[key] for key in _GATE_KEYS if key in line}
+    if "refused_by" in line:
+        out["refused_by"] = tuple(line["refused_by"])
+    return out
 
 
 def combine_series(series: Sequence[SeriesVerdict], policy: str = "any") -> tuple[str, str | None]:
@@ -128,9 +181,10 @@ def combine_series(series: Sequence[SeriesVerdict], policy: str = "any") -> tupl
     notes = []
     if rejected:
         worst = min(rejected, key=lambda s: s.id_score if s.id_score is not None else 0.0)
+        gates = f": refused by {' and '.join(worst.refused_by)}" if worst.refused_by else ""
         notes.append(
             f"{len(rejected)} of {len(readable)} series out of distribution "
-            f"(lowest id_score {worst.id_score:.3f} < threshold {worst.threshold:.3f})"
+            f"(lowest id_score {worst.id_score:.3f} < threshold {worst.threshold:.3f}{gates})"
         )
     if unreadable:
         notes.append(f"{unreadable} series unreadable")
@@ -154,6 +208,8 @@ def study_verdict(
         for name in s.top_negatives:
             if name not in negatives:
                 negatives.append(name)
+    refused = tuple(dict.fromkeys(g for s in series if s.verdict == REJECT for g in s.refused_by))
+    gates = {key: getattr(lowest, key) for key in _GATE_KEYS} if lowest else {}
     return StudyVerdict(
         study=study,
         verdict=verdict,
@@ -163,4 +219,6 @@ def study_verdict(
         top_negatives=tuple(negatives[:top_k]),
         reason=reason,
         step=step,
+        refused_by=refused,
+        **gates,
     )

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 from ..dicom.series_views import SeriesViews
 from ..guard.verdicts import UNREADABLE, SeriesVerdict, StudyVerdict, study_verdict
 from .ingest import DecodedBatch, DecodedStudy
@@ -25,17 +23,22 @@ from .manifest import OrphanFile
 __all__ = ["encode_batch", "judge_batch", "unreadable_series", "unreadable_study", "orphan_verdicts"]
 
 
-def encode_batch(encoder: Any, batch: DecodedBatch) -> torch.Tensor | None:
+def encode_batch(guard: Any, batch: DecodedBatch) -> Any:
     """Embed every view of a batch, in :meth:`DecodedBatch.views` order (None when it has no view).
 
     Args:
-        encoder: a :class:`~tanl_guard.encoders.VisionLanguageEncoder` (``guard.encoder``).
+        guard: the :class:`~tanl_guard.guard.Guard` whose :meth:`~tanl_guard.guard.Guard.encode` runs: the
+            embeddings, and the feature gate's trunk features from the same forward pass when it reads them.
         batch: the decoded batch (with its views).
+
+    Returns:
+        An :class:`~tanl_guard.encoders.base.ImageEncoding` (what ``judge_batch`` and ``Guard.score_features``
+        take), or None.
     """
     views = batch.views()
     if len(views) != batch.n_views:
         raise ValueError(f"batch {batch.batch_id} holds no pixels (without_views): encode it where it was decoded")
-    return encoder.encode_images(views) if views else None
+    return guard.encode(views) if views else None
 
 
 def unreadable_series(sv: SeriesViews) -> SeriesVerdict:
@@ -67,21 +70,22 @@ def unreadable_study(study: DecodedStudy, policy: Any, step: int | None) -> Stud
     return verdict
 
 
-def judge_batch(guard: Any, batch: DecodedBatch, features: torch.Tensor | None, first_step: int) -> list[StudyVerdict]:
+def judge_batch(guard: Any, batch: DecodedBatch, features: Any, first_step: int) -> list[StudyVerdict]:
     """Gate a batch's features once (updating the guard's online state) and judge each of its studies.
 
     Args:
         guard: the :class:`~tanl_guard.guard.Guard` (the single owner of the detector state).
         batch: the decoded batch (its views may have been dropped: only their counts are used).
-        features: (``batch.n_views``, D) embeddings of its views, in :meth:`DecodedBatch.views` order; None (or
-            empty) when it has no view, and then the guard is not stepped.
+        features: what :func:`encode_batch` gave, or the (``batch.n_views``, D) embeddings of its views computed
+            elsewhere, in :meth:`DecodedBatch.views` order; None (or empty) when it has no view, and then the guard
+            is not stepped.
         first_step: the step of its first study (its position + 1); the others follow in position order.
 
     Returns:
         One verdict per study, in position order.
     """
     n = batch.n_views
-    rows = 0 if features is None else int(features.shape[0])
+    rows = 0 if features is None else len(features)
     if rows != n:
         raise ValueError(f"batch {batch.batch_id} has {n} views but {rows} feature rows")
     gate = guard.score_features(features) if n else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..dicom import DicomScanConfig
 from ..dicom.view_spec import ViewSpec
-from ..guard import Guard, SeriesVerdict, StudyVerdict, count_studies
+from ..guard import Guard, StudyVerdict, count_studies
 from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gating import encode_batch, judge_batch, orphan_verdicts
@@ -126,18 +126,6 @@ class ScreenReport:
         counts = count_studies(self.studies + self.orphans)
         return {ACCEPT: counts.accept, REJECT: counts.reject, UNREADABLE: counts.unreadable,
                 "orphan_files": counts.orphan_files}
-
-
-def _verdict_from_json(line: dict[str, Any]) -> StudyVerdict:
-    series = tuple(
-        SeriesVerdict(series=s["series"], modality=s["modality"], verdict=s["verdict"], id_score=s["id_score"],
-                      views=s["views"], reason=s["reason"], conflicts=s.get("conflicts", 0))
-        for s in line["series"]
-    )
-    return StudyVerdict(study=line["study"], verdict=line["verdict"], id_score=line["id_score"],
-                        threshold=line["threshold"], series=series, top_negatives=tuple(line["top_negatives"]),
-                        reason=line["reason"], step=line.get("step"))
-
 
 
 class Screener:
@@ -247,7 +235,7 @@ class Screener:
                 if batch is None:
                     return
                 t = time.perf_counter()
-                features = encode_batch(self.guard.encoder, batch)
+                features = encode_batch(self.guard, batch)
                 report.seconds["encode"] += time.perf_counter() - t
                 yield batch, features
         finally:
@@ -356,5 +344,5 @@ class Screener:
         report.file_counts = dict(sorted((Counter(manifest.scan_counts) + state["file_counts"]).items()))
         lines = sorted((line for _, line in read_verdicts(segments, manifest.digest, state["last_batch"])),
                        key=lambda line: line["study"])  # the folder's stable order: by study key, as scanned
-        report.studies = [_verdict_from_json(line) for line in lines]
+        report.studies = [StudyVerdict.from_json(line) for line in lines]
         return report

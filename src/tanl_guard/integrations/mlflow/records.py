@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 VERDICTS = ("accept", "reject", "unreadable")
+_GATE_SCORES = ("label_score", "label_threshold", "feature_score", "feature_threshold")
 
 # One row per study, in the order an auditor reads it: when, which study, what was decided and why. The MLflow UI
 # shows a table artifact as a grid of fixed-width cells (about 20 characters, whatever the window's width), so the
@@ -69,7 +70,9 @@ def normalise_verdict_record(record: Mapping[str, Any], step: int | None = None)
     """Check one study record and return a JSON-safe copy.
 
     The record follows the ``screen --json`` format: ``{"study", "verdict", "id_score", "threshold",
-    "series": [{"series", "modality", "verdict", "id_score", "views", "reason"}], "top_negatives", "reason"}``;
+    "series": [{"series", "modality", "verdict", "id_score", "views", "reason"}], "top_negatives", "reason"}``,
+    plus, from a fused guard, ``label_score``, ``label_threshold``, ``feature_score``, ``feature_threshold`` and
+    ``refused_by`` (study and series; checked like the other scores, kept as columns, ``refused_by`` as JSON text);
     ``"step"`` (studies screened so far) is filled from ``step`` when missing. ``"classifier_output"`` (the
     classifier's result for the item, when one ran: a label, a score or a short list) and ``"prediction"`` get
     columns of their own; other extra keys are kept as they are (non-scalars as JSON text).
@@ -89,6 +92,9 @@ def normalise_verdict_record(record: Mapping[str, Any], step: int | None = None)
     out["verdict"] = _verdict(out.get("verdict"), "verdict")
     out["id_score"] = _score(out.get("id_score"), "id_score")
     out["threshold"] = _score(out.get("threshold"), "threshold")
+    for key in _GATE_SCORES:  # a fused guard's two gates (label and feature): scores and thresholds
+        if key in out:
+            out[key] = _score(out[key], key)
     series = out.get("series") or []
     if not isinstance(series, list):
         raise ValueError("series must be a list of series records")
@@ -98,8 +104,9 @@ def normalise_verdict_record(record: Mapping[str, Any], step: int | None = None)
         check_hashed_key(item.get("series"), f"series[{i}].series")
         if "verdict" in item:
             item["verdict"] = _verdict(item["verdict"], f"series[{i}].verdict")
-        if "id_score" in item:
-            item["id_score"] = _score(item["id_score"], f"series[{i}].id_score")
+        for key in ("id_score", *_GATE_SCORES):
+            if key in item:
+                item[key] = _score(item[key], f"series[{i}].{key}")
     out["series"] = series
     negatives = out.get("top_negatives") or []
     out["top_negatives"] = [str(n) for n in (negatives if isinstance(negatives, list) else [negatives])]

@@ -74,6 +74,10 @@ class RayScreener(Screener):
         super().__init__(*args, **kwargs)
         if getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
             raise ValueError("thumbnails need the pixels in this process: use the local engine for them")
+        if getattr(self.guard, "feature_detector", None) is not None and self.guard.feature_source == "trunk":
+            # the encoder actors write joint-space embeddings only; trunk features in the shards are still to come
+            raise ValueError("the Ray engine does not yet carry the feature gate's trunk features: screen with "
+                             "--engine local, or with a label detector alone (--detector tanl)")
         self.encoder_spec = encoder_spec
         self.ray_config = ray_config if ray_config is not None else RayEngineConfig()
         self.job_stats = ""
