@@ -16,6 +16,7 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import MLFlowHandler
 from monai_testing import SALT, batch_of, eval_loader, make_network
 
+from tanl_guard.guard import describe_guard
 from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
 from tanl_guard.integrations.monai import (
     BatchVerdicts,
@@ -82,7 +83,9 @@ def test_audit_beside_mlflow_handler_on_one_run(fresh_guard, eval_files, tmp_pat
     # MONAI's handler and ours share the run: its params beside ours
     assert run.data.params["max_epochs"] == "1"
     params = run.data.params
-    assert params["detector"] == "tanl" and params["threshold"] == str(fresh_guard.policy.threshold)
+    described = describe_guard(fresh_guard, entry_point="monai")  # what `screen` logs for the same guard
+    assert params["detector"] == described.params["detector"] == described.tags["detector"]
+    assert params["threshold"] == str(fresh_guard.policy.threshold)
     assert json.loads(params["id_labels"]) == ["brain MRI"], "what the guard stands for is in the run"
     assert params["corpus_size"] == str(len(fresh_guard.corpus)) and params["reference_images"] == "5"
     assert params["encoder"] == fresh_guard.encoder.id and params["encoder"].startswith("surrogate")
@@ -225,7 +228,8 @@ def test_engine_error_ends_the_run_failed_and_propagates(fresh_guard, brain_slic
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
-    assert run.info.status == "FAILED" and run.info.run_name.startswith("monai tanl surrogate")
+    detector = describe_guard(fresh_guard).params["detector"]
+    assert run.info.status == "FAILED" and run.info.run_name.startswith(f"monai {detector} surrogate")
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "gate/threshold")]
     assert steps == [1], "the detector's metrics after every batch, without checkpoints"
     assert not list((tmp_path / "journal").rglob("*.lock")), "the journal lock is released"
