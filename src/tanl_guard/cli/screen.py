@@ -434,9 +434,6 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     if ray_config is not None:
         from ..integrations.ray import RayScreener
 
-        if guard.feature_detector is not None and guard.feature_source == "trunk":
-            raise click.UsageError("--engine ray does not yet carry the feature gate's trunk features (a guard "
-                                   "built with --reference uses one): use --engine local, or --detector tanl")
         screener_class, screener_kwargs = RayScreener, {"encoder_spec": encoder_spec, "ray_config": ray_config}
     screener = screener_class(guard, screen_config, dicom_config, audit_logger, on_progress,
                               checkpoint_metadata={"run_id": getattr(audit_logger, "run_id", None)},

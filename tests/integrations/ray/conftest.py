@@ -157,6 +157,6 @@ def ray_demo(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text(CORPUS)
     args = [str(demo.studies), "--encoder", "surrogate", "--id-label", "brain MRI", "--reference",
-            str(demo.references), "--corpus", str(corpus), "--detector", "tanl",  # the Ray engine carries no trunk features
+            str(demo.references), "--corpus", str(corpus),  # the default fused gate: trunk features in the shards
             "--batch-size", "4", "--no-audit", "--json", "-q"]
     return demo, args

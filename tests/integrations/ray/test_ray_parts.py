@@ -45,6 +45,10 @@ def test_shard_round_trip_is_exact_and_written_once(decoded, tmp_path):
     assert shard.features.tobytes() == features.tobytes() and shard.worker == 123
     assert shard.positions.tolist() == [k[0] for k in keys]
     assert batch_from_json(shard.batch) == batch.without_views()  # all the gate needs, pixels aside
+    assert shard.trunk is None  # written without trunk features: none read back
+    trunk = rng.standard_normal((batch.n_views, 1280)).astype(np.float32)  # a fused guard's feature gate reads these
+    store.write(2, features, *args, "w" * 64, batch_to_json(batch), trunk=trunk)
+    assert store.read(2).trunk.tobytes() == trunk.tobytes() and store.read(2).features.tobytes() == features.tobytes()
     store.path(0).rename(store.path(1))  # a file under another batch's name is refused, not misread
     with pytest.raises(ValueError, match="not the embedding shard of batch 1"):
         store.read(1)

@@ -27,9 +27,11 @@ class EncoderActor:
         threads: torch intra-op threads for embedding (the local engine's count gives the same embeddings).
         shard_dir: the shard folder of this embedding key.
         weights_sha256: the driver's encoder weights hash; an actor that loads other weights refuses to embed.
+        trunk_features: also write the image trunk's features of the same forward pass.
     """
 
-    def __init__(self, encoder_spec: str, device: str, threads: int, shard_dir: str, weights_sha256: str) -> None:
+    def __init__(self, encoder_spec: str, device: str, threads: int, shard_dir: str, weights_sha256: str,
+                 trunk_features: bool = False) -> None:
         from ..._offline import disable_telemetry
         from ...encoders import resolve
 
@@ -37,6 +39,7 @@ class EncoderActor:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         disable_telemetry()
         self.threads = int(threads)
+        self.trunk_features = bool(trunk_features)
         self.store = ShardStore(shard_dir)
         self.encoder = resolve(encoder_spec, device=device)
         self.weights_sha256 = str(self.encoder.weights_sha256)
@@ -67,16 +70,24 @@ class EncoderActor:
                 seconds.append(0.0)
                 continue
             views = decoded.views()
+            trunk = None
             if views:  # one call per manifest batch, as the local engine embeds it: the same chunking
                 with intra_op_threads(self.threads):
-                    features = self.encoder.encode_images(views).detach().cpu().numpy()
+                    if self.trunk_features:
+                        encoding = self.encoder.encode_images(views, return_features=True)
+                        features = encoding.embeddings.detach().cpu().numpy()
+                        trunk = encoding.features.detach().cpu().numpy()
+                    else:
+                        features = self.encoder.encode_images(views).detach().cpu().numpy()
             else:
                 features = np.zeros((0, int(self.encoder.embed_dim)), dtype=np.float32)
+                if self.trunk_features:
+                    trunk = np.zeros((0, int(self.encoder.feature_dim)), dtype=np.float32)
             keys = [(s.position, s.study_key, sv.series_key, i)
                     for s in decoded.studies for sv in s.series if sv.ok for i in range(len(sv.provenance))]
             self.store.write(int(batch_id), features, np.array([k[0] for k in keys], dtype=np.int64),
                              [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys], self.weights_sha256,
-                             batch_to_json(decoded), worker=os.getpid())
+                             batch_to_json(decoded), worker=os.getpid(), trunk=trunk)
             ids.append(int(batch_id))
             counts.append(len(views))
             seconds.append(time.perf_counter() - start)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ...encoders.base import ImageEncoding
 from ...pipeline.screen import Screener
 from .config import RayEngineConfig
 from .job import EmbeddingJob, EmbeddingSettings
@@ -33,15 +34,19 @@ __all__ = ["RayScreener", "embedding_key"]
 log = logging.getLogger(__name__)
 
 
-def embedding_key(manifest_digest: str, view: str, weights_sha256: str) -> str:
+def embedding_key(manifest_digest: str, view: str, weights_sha256: str, trunk_features: bool = False) -> str:
     """The name of the shard folder of a manifest embedded with a view and weights (16 hex digits).
 
     Args:
         manifest_digest: the manifest's digest (its studies, order and batches).
         view: the view spec.
         weights_sha256: the encoder's weights hash.
+        trunk_features: whether the shards also hold the image trunk's features.
     """
-    text = json.dumps({"manifest": manifest_digest, "view": view, "weights": weights_sha256}, sort_keys=True)
+    key = {"manifest": manifest_digest, "view": view, "weights": weights_sha256}
+    if trunk_features:  # shards without them do not serve a fused guard
+        key["trunk"] = True
+    text = json.dumps(key, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -74,10 +79,8 @@ class RayScreener(Screener):
         super().__init__(*args, **kwargs)
         if getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
             raise ValueError("thumbnails need the pixels in this process: use the local engine for them")
-        if getattr(self.guard, "feature_detector", None) is not None and self.guard.feature_source == "trunk":
-            # the encoder actors write joint-space embeddings only; trunk features in the shards are still to come
-            raise ValueError("the Ray engine does not yet carry the feature gate's trunk features: screen with "
-                             "--engine local, or with a label detector alone (--detector tanl)")
+        if getattr(self.guard, "feature_source", None) == "external":
+            raise ValueError("a feature gate that reads caller-supplied features cannot screen a folder")
         self.encoder_spec = encoder_spec
         self.ray_config = ray_config if ray_config is not None else RayEngineConfig()
         self.job_stats = ""
@@ -94,7 +97,9 @@ class RayScreener(Screener):
         threads = self.ray_config.encoder_threads or torch.get_num_threads()
         # The salt is resolved here: a worker node has no salt file of its own, and its keys must match ours.
         config = replace(self.dicom_config, salt=resolve_salt(self.dicom_config.salt))
-        return EmbeddingSettings(self.encoder_spec, weights, str(ViewSpec.parse(self.config.view)), config, threads)
+        trunk = getattr(self.guard, "feature_detector", None) is not None and self.guard.feature_source == "trunk"
+        return EmbeddingSettings(self.encoder_spec, weights, str(ViewSpec.parse(self.config.view)), config, threads,
+                                 trunk_features=trunk)
 
     def _embedded_batches(self, manifest: Any, work: Path, after_batch: int, report: Any) -> Iterator[tuple[Any, Any]]:
         """Yield ``(decoded batch without views, features)`` in batch order after ``after_batch``.
@@ -109,7 +114,7 @@ class RayScreener(Screener):
 
         settings = self._settings()
         store = ShardStore(work / "embeddings" / embedding_key(manifest.digest, settings.view,
-                                                               settings.weights_sha256))
+                                                               settings.weights_sha256, settings.trunk_features))
         cfg = self.ray_config
         with ray_session(cfg.address, cfg.local_cpus, cfg.stall_timeout_s) as ray:
             job = EmbeddingJob(ray, manifest, store, settings, cfg)
@@ -138,7 +143,10 @@ class RayScreener(Screener):
                     batch = batch_from_json(shard.batch)
                     if shard.features.shape[0] != batch.n_views:
                         raise RuntimeError(f"the shard of batch {batch_id} is incomplete")
-                    features = torch.from_numpy(shard.features) if batch.n_views else None
+                    features = None
+                    if batch.n_views:
+                        trunk = torch.from_numpy(shard.trunk) if shard.trunk is not None else None
+                        features = ImageEncoding(torch.from_numpy(shard.features), trunk)
                     report.seconds["ingest"] += time.perf_counter() - start
                     yield batch, features
             finally:

@@ -40,6 +40,8 @@ class EmbeddingSettings:
         view: the view spec.
         dicom_config: decoding settings (its salt resolved in the driver, so every node hashes alike).
         threads: torch intra-op threads per actor.
+        trunk_features: also compute the image trunk's features in the same forward pass (a fused guard's
+            feature gate reads them).
     """
 
     encoder_spec: str
@@ -47,6 +49,7 @@ class EmbeddingSettings:
     view: str
     dicom_config: Any
     threads: int
+    trunk_features: bool = False
 
 
 def decode_manifest_batch(row: dict[str, Any], table: Any, view: str, dicom_config: Any) -> dict[str, Any]:
@@ -136,7 +139,8 @@ class EmbeddingJob:
             num_cpus=cpus, num_gpus=gpus,
             fn_constructor_kwargs={"encoder_spec": settings.encoder_spec, "device": "cuda" if gpus else "cpu",
                                    "threads": settings.threads, "shard_dir": str(self.store.folder),
-                                   "weights_sha256": settings.weights_sha256},
+                                   "weights_sha256": settings.weights_sha256,
+                                   "trunk_features": settings.trunk_features},
         )
 
     @staticmethod

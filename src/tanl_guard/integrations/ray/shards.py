@@ -40,6 +40,8 @@ class EmbeddingShard:
         weights_sha256: hash of the encoder weights that produced them.
         batch: the decoded batch without pixels (JSON-safe, as the decode stage described it).
         worker: the process id of the encoder actor that wrote it (diagnostics: which actor embedded what).
+        trunk: (V, F) float32 image-trunk features from the same forward pass (a fused guard's feature gate
+            reads them), or None when the job did not compute them.
     """
 
     batch_id: int
@@ -48,6 +50,7 @@ class EmbeddingShard:
     weights_sha256: str
     batch: dict[str, Any]
     worker: int = 0
+    trunk: np.ndarray | None = None
 
 
 class ShardStore:
@@ -81,7 +84,7 @@ class ShardStore:
 
     def write(self, batch_id: int, features: np.ndarray, positions: np.ndarray, studies: list[str],
               series: list[str], views: list[int], weights_sha256: str, batch: dict[str, Any],
-              worker: int = 0) -> Path:
+              worker: int = 0, trunk: np.ndarray | None = None) -> Path:
         """Write a batch's shard atomically (temporary file, fsync, rename); an existing shard is kept.
 
         Args:
@@ -94,6 +97,7 @@ class ShardStore:
             weights_sha256: the encoder's weights hash.
             batch: the decoded batch without pixels (JSON-safe).
             worker: the writing process's id (diagnostics).
+            trunk: (V, F) image-trunk features of the same views, or None.
         """
         pa = optional_import("pyarrow", "ray", "--engine ray")
         pq = optional_import("pyarrow.parquet", "ray", "--engine ray")
@@ -102,7 +106,7 @@ class ShardStore:
             return target
         features = np.ascontiguousarray(features, dtype=np.float32)
         count, dim = features.shape if features.ndim == 2 else (0, 0)
-        table = pa.table({
+        columns = {
             "batch_id": pa.array(np.full(count, int(batch_id), dtype=np.int64)),
             "position": pa.array(np.asarray(positions, dtype=np.int64)),
             "study": pa.array(list(studies), type=pa.string()),
@@ -110,9 +114,16 @@ class ShardStore:
             "view": pa.array(np.asarray(views, dtype=np.int32)),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), max(dim, 1))
             if count else pa.array([], type=pa.list_(pa.float32(), 1)),
-        })
+        }
+        trunk_dim = None
+        if trunk is not None:
+            trunk = np.ascontiguousarray(trunk, dtype=np.float32)
+            trunk_dim = int(trunk.shape[1]) if trunk.ndim == 2 else 0
+            columns["trunk"] = (pa.FixedSizeListArray.from_arrays(pa.array(trunk.reshape(-1)), max(trunk_dim, 1))
+                                if count else pa.array([], type=pa.list_(pa.float32(), 1)))
+        table = pa.table(columns)
         meta = {"format": SHARD_FORMAT, "batch_id": int(batch_id), "weights_sha256": weights_sha256,
-                "dim": int(dim), "worker": int(worker), "batch": batch}
+                "dim": int(dim), "trunk_dim": trunk_dim, "worker": int(worker), "batch": batch}
         table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -141,9 +152,15 @@ class ShardStore:
         # A writable copy: torch.from_numpy warns on Arrow's read-only buffers (and the gate may hold it a while).
         features = np.array(flat, dtype=np.float32).reshape(count, dim) if count else np.zeros((0, dim), np.float32)
         positions = table.column("position").to_numpy()
+        trunk = None
+        trunk_dim = meta.get("trunk_dim")
+        if trunk_dim is not None:
+            flat = table.column("trunk").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            trunk = np.array(flat, dtype=np.float32).reshape(count, trunk_dim) if count else \
+                np.zeros((0, trunk_dim), np.float32)
         return EmbeddingShard(batch_id=int(batch_id), features=features, positions=positions,
                               weights_sha256=meta["weights_sha256"], batch=meta["batch"],
-                              worker=int(meta.get("worker", 0)))
+                              worker=int(meta.get("worker", 0)), trunk=trunk)
 
 
 def _series_to_json(sv: Any) -> dict[str, Any]:
