@@ -12,7 +12,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # dicom_peers, listener_process
 
-SALT = "node-tests"
 # Ordinary nouns plus a few radiology words: enough for the surrogate to separate photos from brain MR.
 SMALL_CORPUS = """teapot
 espresso
@@ -47,21 +46,15 @@ spine
 
 
 @pytest.fixture(scope="session")
-def node_salt():
-    old = os.environ.get("TANL_GUARD_SALT")
-    os.environ["TANL_GUARD_SALT"] = SALT
-    yield SALT
-    if old is None:
-        os.environ.pop("TANL_GUARD_SALT", None)
-    else:
-        os.environ["TANL_GUARD_SALT"] = old
+def node_salt(salt_env):
+    """The salt of every key in these tests (the session's, set by the root conftest)."""
+    return salt_env
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory, node_salt):
-    from tanl_guard.demo import build_demo_folder
-
-    return build_demo_folder(tmp_path_factory.mktemp("node_demo"))
+def demo(demo_folder):
+    """The demo's studies and references (built once per session by the root conftest)."""
+    return demo_folder
 
 
 @pytest.fixture(scope="session")
