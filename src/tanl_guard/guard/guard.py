@@ -281,7 +281,7 @@ class Guard:
         device: str = "cpu",
         cache_dir: str | None = None,
         templates: Sequence[str] | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
         seed: int = 0,
         modality_gap: str = "noise",
         near_id_threshold: float | None = 0.95,
@@ -306,7 +306,8 @@ class Guard:
             device: where the encoder and the detectors run (``cpu``, ``cuda``, ``cuda:N``).
             cache_dir: where corpus embeddings are cached.
             templates: prompt templates of the text anchors (the encoders' defaults when None).
-            progress: show progress bars (stderr) while embedding the corpus.
+            progress: show progress bars (stderr) while embedding the corpus; ``None`` (default) shows them when
+                stderr is a terminal (a first build of a large corpus takes minutes), ``False`` never.
             seed: seeds every detector and the cold start.
             modality_gap: how image-prototype anchors are placed beside text labels (see the class docs).
             near_id_threshold: drop corpus labels whose cosine to an ID text anchor exceeds this (synonyms of
