@@ -215,6 +215,17 @@ def test_resume_appends_to_the_same_run(tmp_path, sqlite_uri, make_records) -> N
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "screen/accepted")] == [(3, 1.0), (6, 2.0)]
 
 
+def test_a_long_run_keeps_only_what_is_not_delivered(sqlite_uri, make_records) -> None:
+    """A listener's run lasts weeks: the logger's bookkeeping must not grow with the lines MLflow already has."""
+    with AuditLogger(AuditConfig(tracking_uri=sqlite_uri)) as audit:
+        audit.start({"a": 1})
+        for batch in range(20):
+            audit.log_verdicts(make_records(2, start=2 * batch), step=2 * batch + 2)
+            assert audit.flush(timeout_s=60)
+            assert audit.pending["entries"] == 0
+        assert len(audit._lines) <= 2, "delivered journal lines are forgotten"
+
+
 def test_auto_metrics_off_leaves_metrics_to_the_caller(sqlite_uri, make_records) -> None:
     with AuditLogger(AuditConfig(tracking_uri=sqlite_uri, auto_metrics=False)) as audit:
         run_id = audit.start({"a": 1})

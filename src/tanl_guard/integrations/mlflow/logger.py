@@ -78,7 +78,10 @@ class AuditLogger:
         self._release_when_idle = False
         self._run_id: str | None = None
         self._delivered = 0  # journal lines delivered (the marker offset)
-        self._lines: list[tuple[str, int]] = []  # (kind, verdict records) per journal line
+        # (kind, verdict records) per journal line not yet delivered; _lines_base is the offset of its first line,
+        # so a long-lived run (the DICOM listener) keeps only what MLflow has not received yet
+        self._lines: list[tuple[str, int]] = []
+        self._lines_base = 0
         self._counts = dict.fromkeys(_COUNT_METRICS, 0)
         self._orphans = 0
         self._screened = 0
@@ -109,7 +112,8 @@ class AuditLogger:
         count per entry kind (``start``, ``params``, ``tags``, ``verdicts``, ``metrics``, ``state``,
         ``artifact``, ``end``)."""
         out = {"entries": 0, "records": 0}
-        for kind, records in self._lines[self._delivered :]:
+        self._forget_delivered()
+        for kind, records in self._lines:
             out["entries"] += 1
             out["records"] += records
             out[kind] = out.get(kind, 0) + 1
@@ -498,8 +502,16 @@ class AuditLogger:
         if self._finished:
             raise RuntimeError("the audit run is finished")
 
+    def _forget_delivered(self) -> None:
+        # in the caller's thread: the delivery thread only moves the _delivered offset
+        drop = self._delivered - self._lines_base
+        if drop > 0:
+            del self._lines[:drop]
+            self._lines_base += drop
+
     def _append(self, entries: list[dict[str, Any]]) -> None:
         self._journal.append(entries)
+        self._forget_delivered()
         self._lines.extend((e["kind"], len(e.get("records") or []) if e["kind"] == "verdicts" else 0) for e in entries)
 
     def _journal_file(self, source: Path, name: str, artifact_path: str | None) -> None:
