@@ -53,7 +53,7 @@ def ledoit_wolf(x: torch.Tensor, assume_centered: bool = False) -> tuple[torch.T
     emp_cov_trace = x2.sum(dim=0) / n
     mu = emp_cov_trace.sum() / p
     beta_ = (x2.T @ x2).sum()
-    delta_ = ((x.T @ x) ** 2).sum() / n**2
+    delta_ = (emp_cov**2).sum()  # the (p, p) product once: (X^T X)^2 / n^2 is emp_cov^2
     beta = (beta_ / n - delta_) / (p * n)
     delta = (delta_ - 2.0 * mu * emp_cov_trace.sum() + p * mu**2) / p
     beta = torch.minimum(beta, delta)
