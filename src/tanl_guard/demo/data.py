@@ -6,8 +6,9 @@ series written here from real brain MRI volumes that ship with nilearn (the MNI1
 run) and matplotlib (a sagittal slice). Out of distribution: packaged CT, X-ray (CR), ultrasound and NM files,
 and photos from scikit-image stored as DICOM secondary captures. Broken inputs: two truncated copies, a JPEG
 file whose decoder is not installed, a structured report without pixels, and a text file.
-Reference ID images, from volumes that are never screened: nibabel's small anatomical volume, its NIfTI-2
-example and its functional run (one subfolder, that is one source, per volume).
+Reference ID images, from volumes that are never screened: dipy's four brain volumes (b0, DWI, PIESNO, T1 coronal)
+and nibabel's small anatomical volume, its NIfTI-2 example and its functional run (one subfolder, that is one
+source, per volume).
 
 All patient fields of the generated files are fictitious; the packaged files carry test-data names, which the
 product never writes out (studies are named by salted hashes).
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import importlib.resources
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +112,43 @@ def _packaged(name: str) -> Path:
     return Path(path)
 
 
+def _package_folder(name: str) -> Path:
+    """An installed package's folder, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the demo needs the package {name!r} (pip install -r requirements.txt)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _reference_slices(image: Any, views: Sequence[tuple[int, int, float, float]]) -> list[np.ndarray]:
+    """Slices of a NIfTI volume resampled to isotropic voxels: per view, ``(axis, count, start, stop)`` with
+    ``count`` slices evenly spaced between the fractions ``start`` and ``stop`` of that axis."""
+    from scipy.ndimage import zoom
+
+    volume = np.asarray(image.dataobj, dtype=np.float32)
+    while volume.ndim > 3:  # the first volume of a time series
+        volume = volume[..., 0]
+    voxel = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
+    if np.ptp(voxel) > 0:
+        volume = zoom(volume, voxel / voxel.min(), order=1)
+    slices = []
+    for axis, count, start, stop in views:
+        size = volume.shape[axis]
+        for index in np.unique(np.linspace(int(size * start), int(np.ceil(size * stop)) - 1, count).astype(int)):
+            slices.append(np.rot90(np.take(volume, index, axis=axis)))
+    return slices
+
+
+def _save_references(folder: Path, slices: Sequence[np.ndarray]) -> None:
+    folder.mkdir()
+    for i, image in enumerate(slices):
+        image = np.asarray(image, dtype=np.float32)
+        scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
+        np.save(folder / f"brain_{i:02d}.npy", scaled.astype(np.float32))
+
+
 def build_demo_folder(root: str | Path) -> DemoFolder:
     """Write the demo studies and reference images under ``root`` (``studies/`` and ``references/``)."""
     import nibabel
@@ -173,16 +213,20 @@ def build_demo_folder(root: str | Path) -> DemoFolder:
     sources.update({"export_40.dcm": "MR2_UNCR cut short", "export_41.dcm": "noise after a preamble",
                     "notes.txt": "a text file"})
 
-    # Reference ID images: from brain-MR volumes that are never screened (nibabel's small anatomical volume, its
-    # NIfTI-2 example and its low-resolution functional run), one subfolder per volume: each is a source that the
-    # feature gate's calibration holds out in turn.
-    for volume, name, positions in (("anatomical", "anatomical.nii", np.linspace(4, 20, 6)),
-                                    ("nifti2", "example_nifti2.nii.gz", np.linspace(2, 10, 5)),
-                                    ("functional", "functional.nii", [0, 1, 2])):
-        data = np.asarray(nibabel.load(str(nib_data / name)).get_fdata(), dtype=np.float32)
-        folder = references / volume
-        folder.mkdir()
-        for i, image in enumerate(_axial(data[..., 0] if data.ndim == 4 else data, positions)):
-            scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
-            np.save(folder / f"brain_{i:02d}.npy", scaled.astype(np.float32))
+    # Reference ID images: every brain-MR volume that ships in an installed package and is never screened, one
+    # subfolder per volume (a source that the feature gate's calibration holds out in turn): dipy's b0 volume, its
+    # anisotropic DWI volume (axial, coronal and sagittal: the studies screened include a sagittal series, and a
+    # site's references should cover the orientations it screens), its PIESNO test volume and its T1 coronal
+    # slice; nibabel's small anatomical volume, its NIfTI-2 example and its low-resolution functional run.
+    dipy_data = _package_folder("dipy") / "data" / "files"
+    for volume, path, views in (
+        ("dipy_b0", dipy_data / "S0_10slices.nii.gz", ((2, 8, 0.1, 0.9),)),
+        ("dipy_dwi", dipy_data / "aniso_vox.nii.gz", ((2, 6, 0.2, 0.8), (0, 3, 0.35, 0.65), (1, 3, 0.35, 0.65))),
+        ("dipy_piesno", dipy_data / "test_piesno.nii.gz", ((2, 6, 0.2, 0.8),)),
+        ("nibabel_anatomical", nib_data / "anatomical.nii", ((2, 6, 0.2, 0.8),)),
+        ("nibabel_nifti2", nib_data / "example_nifti2.nii.gz", ((2, 5, 0.2, 0.8),)),
+        ("nibabel_functional", nib_data / "functional.nii", ((2, 3, 0.0, 1.0),)),
+    ):
+        _save_references(references / volume, _reference_slices(nibabel.load(str(path)), views))
+    _save_references(references / "dipy_t1_coronal", [np.load(dipy_data / "t1_coronal_slice.npy")])
     return DemoFolder(studies=studies, references=references, expected=expected, sources=sources)
