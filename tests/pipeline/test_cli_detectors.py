@@ -39,7 +39,7 @@ def test_fused_detector_through_screen_state_and_resume(demo_folder, corpus_file
     assert shown["pos_queue"] > 0 and shown["feature_gate"]["detector"] == "knn"
     calibration = shown["feature_gate"]["calibration"]
     # the demo's references: one subfolder per volume, each a source held out in turn
-    assert calibration["method"] == "leave-one-source-out" and calibration["folds"] == 3
+    assert calibration["method"] == "leave-one-source-out" and calibration["folds"] == 7
 
     again = runner.invoke(cli, [*args, "--resume"])
     assert again.exit_code == 0, again.output
