@@ -99,7 +99,7 @@ def state_signing_key(salt: str | None = None, create: bool = True) -> bytes:
     Raises:
         CheckpointError: when ``create`` is off and this installation has no salt yet.
     """
-    from ..dicom.privacy import SALT_ENV, default_salt_path, resolve_salt
+    from ..privacy import SALT_ENV, default_salt_path, resolve_salt
 
     if not create and not salt and not os.environ.get(SALT_ENV) and not default_salt_path().is_file():
         raise CheckpointError(

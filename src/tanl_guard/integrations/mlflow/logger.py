@@ -16,12 +16,12 @@ from typing import Any
 from tanl_guard._offline import disable_telemetry
 from tanl_guard._optional import optional_import
 
+from ...privacy import check_hashed_key, check_no_phi
 from .backfill import backfill_journals
 from .config import AuditConfig
 from .delivery import RUN_KEY_TAG, DeliveryResult, deliver, make_client
 from .journal import DeliveryMarker, Journal, new_run_key
 from .params import MAX_TAG_VALUE_LENGTH, config_sha256, flatten_params, package_version, truncate
-from .privacy import check_hashed_key, check_no_phi
 from .records import normalise_verdict_record
 from .snapshot import FINAL_STATE_ARTIFACT, state_metrics, to_json_safe
 from .thumbnails import THUMBNAIL_FOLDER, write_thumbnail

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .privacy import check_hashed_key, check_no_phi
+from ...privacy import check_hashed_key, check_no_phi
 from .snapshot import to_json_safe
 
 __all__ = [

@@ -91,7 +91,7 @@ def _filenames(meta: Any, n: int) -> list[str | None]:
 
 
 def _study_hasher(salt: str | None) -> Callable[[str], str]:
-    from tanl_guard.dicom.privacy import Hasher, resolve_salt
+    from tanl_guard.privacy import Hasher, resolve_salt
 
     hasher = Hasher(resolve_salt(salt))
     # The absolute path, so that "./data/a.npy" and "/srv/data/a.npy" get one key (names alone would collide).
