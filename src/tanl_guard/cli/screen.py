@@ -56,7 +56,7 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: str) -> Any:
 
 
 def _view(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from ..dicom import ViewSpec
+    from ..view_spec import ViewSpec
 
     try:
         ViewSpec.parse(value)

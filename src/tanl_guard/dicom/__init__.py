@@ -22,8 +22,8 @@ from tanl_guard.dicom.series_views import (
     load_series_views,
     resolve_outcomes,
 )
-from tanl_guard.dicom.view_spec import ViewSpec
 from tanl_guard.privacy import resolve_salt
+from tanl_guard.view_spec import ViewSpec
 
 __all__ = [
     "DicomScanConfig",

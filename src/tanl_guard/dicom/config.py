@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tanl_guard.dicom.view_spec import ViewSpec
+from tanl_guard.view_spec import ViewSpec
 
 __all__ = ["DicomScanConfig"]
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..dicom.config import DicomScanConfig
 from ..dicom.outcomes import FileOutcome, FileStatus, Reason
 from ..dicom.series_views import SeriesViews, load_series_views
-from ..dicom.view_spec import ViewSpec
+from ..view_spec import ViewSpec
 from .manifest import Manifest, ManifestRow
 
 __all__ = ["DecodedStudy", "DecodedBatch", "decode_study", "decode_batch", "iter_decoded_batches"]

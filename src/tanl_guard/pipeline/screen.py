@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..dicom import DicomScanConfig
-from ..dicom.view_spec import ViewSpec
 from ..guard import Guard, StudyVerdict, count_studies
 from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
+from ..view_spec import ViewSpec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gating import encode_batch, judge_batch, orphan_verdicts
 from .ingest import DecodedBatch, iter_decoded_batches

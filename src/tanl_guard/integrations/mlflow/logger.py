@@ -376,7 +376,7 @@ class AuditLogger:
         call replaces the earlier upload.
 
         Args:
-            path: the local state file (``tanl_guard.pipeline.save_checkpoint`` or ``save_guard_state``).
+            path: the local state file (``tanl_guard.pipeline.save_checkpoint`` or ``tanl_guard.guard.state_file.save_guard_state``).
         """
         self._require_started()
         folder, _, name = FINAL_STATE_ARTIFACT.rpartition("/")

@@ -15,7 +15,7 @@ import torch
 
 from tanl_guard._optional import optional_import
 from tanl_guard.guard.describe import describe_guard
-from tanl_guard.pipeline.checkpoint import save_guard_state
+from tanl_guard.guard.state_file import save_guard_state
 
 from .verdicts import items_from_meta
 
@@ -175,7 +175,7 @@ class OODAuditHandler:
     - After every batch: logs the detector's state metrics (threshold, queue sizes, churn) at the items seen.
     - Every ``checkpoint_every`` items, on ``EPOCH_COMPLETED`` and on ``COMPLETED``: logs ``guard.snapshot()``
       (``state/step_<n>.json``), saves ``guard.state_dict()`` signed to ``state_path``
-      (:func:`~tanl_guard.pipeline.checkpoint.save_guard_state`; read it back with ``load_guard_state``) and uploads it as
+      (:func:`~tanl_guard.guard.state_file.save_guard_state`; read it back with ``load_guard_state``) and uploads it as
       ``state/final.pt``, where ``tanl-guard state show RUN_ID`` and ``audit summary`` find it.
     - On ``STARTED`` it starts the audit run when the logger has not been started yet (params, tags and run name
       from :meth:`describe`, built by :func:`~tanl_guard.guard.describe_guard` as for ``tanl-guard screen``); on

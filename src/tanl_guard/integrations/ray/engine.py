@@ -90,8 +90,8 @@ class RayScreener(Screener):
     def _settings(self) -> EmbeddingSettings:
         import torch
 
-        from ...dicom.view_spec import ViewSpec
         from ...privacy import resolve_salt
+        from ...view_spec import ViewSpec
 
         weights = str(getattr(self.guard.encoder, "weights_sha256", "") or "")
         threads = self.ray_config.encoder_threads or torch.get_num_threads()
