@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
 
 __all__ = ["screen", "EXIT_REJECTED", "EXIT_UNREADABLE", "EXIT_NOTHING_SCREENED", "EXIT_SIGTERM", "EXIT_SIGINT"]
 
@@ -161,9 +162,9 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_di
     studies = str(done) if not report.stopped else f"{done} of {found} (stopped)"
     rows = [
         ("studies", studies + (f" ({report.resumed} from the checkpoint)" if report.resumed else "")),
-        ("accepted", str(counts["accept"])),
-        ("rejected (out of distribution)", str(counts["reject"])),
-        ("unreadable studies", str(counts["unreadable"])),
+        ("accepted", str(counts[ACCEPT])),
+        ("rejected (out of distribution)", str(counts[REJECT])),
+        ("unreadable studies", str(counts[UNREADABLE])),
         ("unreadable files outside any study", str(counts["orphan_files"])),
         ("files", ", ".join(f"{k} {v}" for k, v in report.file_counts.items()) or "none"),
         ("views scored", str(report.views)),
@@ -190,7 +191,7 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_di
     for v in report.studies + report.orphans:
         score = f"{v.id_score:.3f}" if v.id_score is not None else "-"
         extra = v.reason or ""
-        if v.top_negatives and v.verdict == "reject":
+        if v.top_negatives and v.verdict == REJECT:
             extra += f" [{', '.join(v.top_negatives[:3])}]"
         click.echo(f"  {(v.study or '(no study)')[:16]:<18} {v.verdict:<10} {score:>8}  {extra}")
     if run_info:
@@ -491,10 +492,10 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     if stopped is not None:
         sys.exit(EXIT_SIGTERM if stopped == signal.SIGTERM else EXIT_SIGINT)
     counts = result.counts()
-    if fail_on_reject and counts["reject"]:
+    if fail_on_reject and counts[REJECT]:
         sys.exit(EXIT_REJECTED)
-    unreadable = counts["unreadable"] or counts["orphan_files"] or any(
-        s.verdict == "unreadable" for v in result.studies for s in v.series) or any(v.conflicts for v in result.studies)
+    unreadable = counts[UNREADABLE] or counts["orphan_files"] or any(
+        s.verdict == UNREADABLE for v in result.studies for s in v.series) or any(v.conflicts for v in result.studies)
     if strict and unreadable:
         sys.exit(EXIT_UNREADABLE)
     if strict and result.found == 0:

@@ -88,7 +88,8 @@ class Listener:
                                                config.max_backoff_s, poll_s=max(config.poll_s, 0.05))
         self.step = 0  # studies judged since the state was new
         self.batch = 0  # the last committed batch
-        self.counts: dict[str, int] = {ACCEPT: 0, REJECT: 0, UNREADABLE: 0, "orphan_files": 0}
+        # plain string keys: they go into the checkpoint, which loads weights_only
+        self.counts: dict[str, int] = {ACCEPT.value: 0, REJECT.value: 0, UNREADABLE.value: 0, "orphan_files": 0}
         self.resumed = False
         self.started_at = time.time()
         self.last_batch_latency_s: float | None = None

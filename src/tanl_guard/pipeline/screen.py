@@ -22,7 +22,7 @@ from typing import Any
 
 from ..dicom import DicomScanConfig
 from ..guard import Guard, StudyVerdict, count_studies
-from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
+from ..guard.verdicts import REJECT
 from ..view_spec import ViewSpec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gating import encode_batch, judge_batch, orphan_verdicts
@@ -123,9 +123,9 @@ class ScreenReport:
 
     def counts(self) -> dict[str, int]:
         """Studies per verdict and ``orphan_files`` (see :func:`tanl_guard.guard.count_studies`)."""
-        counts = count_studies(self.studies + self.orphans)
-        return {ACCEPT: counts.accept, REJECT: counts.reject, UNREADABLE: counts.unreadable,
-                "orphan_files": counts.orphan_files}
+        counts = count_studies(self.studies + self.orphans).as_dict()
+        del counts["studies"]
+        return counts
 
 
 class Screener:
@@ -317,7 +317,7 @@ class Screener:
                     state["step"] = verdict.step
                     state["since_checkpoint"] += 1
                     state["file_counts"].update(o.status.value for sv in study.series for o in sv.outcomes)
-                    state["verdict_counts"][verdict.verdict] += 1
+                    state["verdict_counts"][verdict.verdict.value] += 1  # plain keys: the checkpoint loads weights_only
                     self._timed_audit(report, "log_verdicts", [line], step=verdict.step)
                     if self.on_verdict is not None:
                         self.on_verdict(verdict)

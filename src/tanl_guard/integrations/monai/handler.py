@@ -16,6 +16,7 @@ import torch
 from tanl_guard._optional import optional_import
 from tanl_guard.guard.describe import describe_guard
 from tanl_guard.guard.state_file import save_guard_state
+from tanl_guard.guard.verdicts import ACCEPT, REJECT
 
 from .verdicts import items_from_meta
 
@@ -250,7 +251,7 @@ class OODAuditHandler:
         self._hash = _study_hasher(salt)
         self._started_run = False
         self.items_seen = 0
-        self.counts = {"accept": 0, "reject": 0, "flagged": 0, "classified": 0}
+        self.counts = {ACCEPT.value: 0, REJECT.value: 0, "flagged": 0, "classified": 0}
         self.last_records: list[dict[str, Any]] = []
         self.last_checkpoint_step: int | None = None
 
@@ -320,7 +321,7 @@ class OODAuditHandler:
         before = self.items_seen
         self.items_seen += len(records)
         for item in items:
-            self.counts["accept" if item["accepted"] else "reject"] += 1
+            self.counts[(ACCEPT if item["accepted"] else REJECT).value] += 1
             self.counts["flagged"] += int(item["flagged"])
             self.counts["classified"] += int(item["classified"])
         self.last_records = records
@@ -423,7 +424,7 @@ class OODAuditHandler:
             reason += "; classified anyway" if item["flagged"] else "; not classified"
         record = {
             "study": None if name is None else self._hash(name),
-            "verdict": "accept" if accepted else "reject",
+            "verdict": (ACCEPT if accepted else REJECT).value,
             "id_score": score,
             "threshold": threshold,
             "reason": reason,
