@@ -14,6 +14,7 @@ import click
 
 from .. import __version__
 from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
+from ..view_spec import ViewSpec
 
 __all__ = ["screen", "EXIT_REJECTED", "EXIT_UNREADABLE", "EXIT_NOTHING_SCREENED", "EXIT_SIGTERM", "EXIT_SIGINT"]
 
@@ -56,14 +57,11 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: str) -> Any:
         raise click.BadParameter(str(exc)) from None
 
 
-def _view(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from ..view_spec import ViewSpec
-
+def _view(ctx: click.Context, param: click.Parameter, value: str) -> ViewSpec:
     try:
-        ViewSpec.parse(value)
+        return ViewSpec.parse(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    return value
 
 
 class _RegistryChoice(click.Choice):
@@ -311,7 +309,7 @@ class _Signals:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
            reference: Path | None, corpus_spec: str, detector: str | None, feature_source: str | None, device: str,
-           batch_size: int, view: str, study_policy: str, threshold_policy: Any, order: str, seed: int,
+           batch_size: int, view: ViewSpec, study_policy: str, threshold_policy: Any, order: str, seed: int,
            state_path: Path, work_dir: Path | None, workers: int, checkpoint_every: int, resume: bool,
            cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
@@ -370,7 +368,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
 
 
 def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: Path | None, corpus_spec: str,
-            detector: str | None, feature_source: str | None, device: str, batch_size: int, view: str,
+            detector: str | None, feature_source: str | None, device: str, batch_size: int, view: ViewSpec,
             study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path, work_dir: Path,
             workers: int, checkpoint_every: int, resume: bool, resume_metadata: dict[str, Any],
             cache_dir: Path | None, tracking_uri: str | None, experiment: str,
@@ -399,7 +397,7 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
         raise click.ClickException(str(exc)) from exc
 
     description = describe_guard(guard, entry_point="screen",
-                                 reference_images=references.images if references else None, view=view,
+                                 reference_images=references.images if references else None, view=str(view),
                                  batch_size=batch_size, order=order, device=device)
     audit_logger = None
     if not no_audit:

@@ -211,7 +211,7 @@ def iter_decoded_batches(
     """
     if workers < 0 or prefetch < 1:
         raise ValueError("workers must be >= 0 and prefetch >= 1")
-    spec = str(ViewSpec.parse(view if view is not None else manifest.settings.view))
+    spec = ViewSpec.parse(view if view is not None else manifest.settings.view)  # parsed once, for every study
     config = dicom_config or DicomScanConfig()
     batches = manifest.iter_batches(after_batch)
     if workers == 0:

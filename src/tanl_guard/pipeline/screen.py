@@ -40,7 +40,7 @@ class ScreenConfig:
     """How ``tanl-guard screen`` walks a folder.
 
     Attributes:
-        view: ``slices:K`` (default ``slices:3``), ``mid`` or ``mip``.
+        view: the view spec (default ``slices:3``); a string (``slices:K``, ``mid``, ``mip``) is parsed once here.
         batch_size: views per gate batch; whole studies are batched together until at least this many views
             are expected from their headers (TANL's final scores use the confident samples of their own batch).
             The batches are fixed in the manifest, whatever decodes or embeds them.
@@ -56,7 +56,7 @@ class ScreenConfig:
         prefetch: batches decoded ahead of the one being encoded (bounds memory to ``prefetch + 1`` batches).
     """
 
-    view: str = "slices:3"
+    view: ViewSpec = field(default_factory=ViewSpec)
     batch_size: int = 32
     order: str = "shuffled"
     seed: int = 0
@@ -68,6 +68,8 @@ class ScreenConfig:
     prefetch: int = 2
 
     def __post_init__(self) -> None:
+        if isinstance(self.view, str):
+            object.__setattr__(self, "view", ViewSpec.parse(self.view))
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.batch_size < 1 or self.checkpoint_every < 1:
@@ -183,7 +185,7 @@ class Screener:
     def _manifest(self, root: str | Path, work: Path, checkpoint: dict[str, Any] | None) -> Manifest:
         """Build the folder's manifest, or reuse the stored one that a resumed checkpoint was written for."""
         cfg = self.config
-        wanted = ManifestSettings(str(Path(root).absolute()), str(ViewSpec.parse(cfg.view)), cfg.batch_size,
+        wanted = ManifestSettings(str(Path(root).absolute()), str(cfg.view), cfg.batch_size,
                                   cfg.order, cfg.seed)
         folder = work / "manifest"
         if checkpoint is not None and Manifest.settings_in(folder) == (wanted, checkpoint["manifest"]):
@@ -293,7 +295,7 @@ class Screener:
             writer.sync()  # the segments first: a checkpoint commits only verdicts already on disk
             save_checkpoint(cfg.state_path, {
                 "manifest": manifest.digest, "last_batch": state["last_batch"], "order": [cfg.order, cfg.seed],
-                "batch_size": cfg.batch_size, "view": str(ViewSpec.parse(cfg.view)), "encoder": encoder_hash,
+                "batch_size": cfg.batch_size, "view": str(cfg.view), "encoder": encoder_hash,
                 "guard": guard.state_dict(), "step": state["step"], "metadata": self.checkpoint_metadata,
                 "file_counts": dict(state["file_counts"]), "verdict_counts": dict(state["verdict_counts"]),
                 "orphans_logged": state["orphans_logged"],

@@ -91,14 +91,13 @@ class RayScreener(Screener):
         import torch
 
         from ...privacy import resolve_salt
-        from ...view_spec import ViewSpec
 
         weights = str(getattr(self.guard.encoder, "weights_sha256", "") or "")
         threads = self.ray_config.encoder_threads or torch.get_num_threads()
         # The salt is resolved here: a worker node has no salt file of its own, and its keys must match ours.
         config = replace(self.dicom_config, salt=resolve_salt(self.dicom_config.salt))
         trunk = getattr(self.guard, "feature_detector", None) is not None and self.guard.feature_source == "trunk"
-        return EmbeddingSettings(self.encoder_spec, weights, str(ViewSpec.parse(self.config.view)), config, threads,
+        return EmbeddingSettings(self.encoder_spec, weights, str(self.config.view), config, threads,
                                  trunk_features=trunk)
 
     def _embedded_batches(self, manifest: Any, work: Path, after_batch: int, report: Any) -> Iterator[tuple[Any, Any]]:
