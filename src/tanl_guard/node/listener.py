@@ -241,7 +241,7 @@ class Listener:
     # ------------------------------------------------------------------ one batch
     def _judge(self, batch: int, folder: Path, waited_s: float | None = None) -> None:
         start = time.perf_counter()
-        deferred = DeferredAudit(getattr(self.audit, "config", None)) if self.audit is not None else None
+        deferred = DeferredAudit(self.audit.wants_thumbnails) if self.audit is not None else None
 
         def on_batch(step: int) -> None:  # the detector's state curves, as `screen` logs them
             if deferred is not None:

@@ -24,6 +24,7 @@ from ..dicom import DicomScanConfig
 from ..guard import Guard, StudyVerdict, count_studies
 from ..guard.verdicts import REJECT
 from ..view_spec import ViewSpec
+from .audit_sink import AuditSink, timed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gating import encode_batch, judge_batch, orphan_verdicts
 from .ingest import DecodedBatch, iter_decoded_batches
@@ -137,8 +138,8 @@ class Screener:
         guard: the guard (it keeps the online state across calls; it stays in this process).
         config: order, batching, checkpoints, work directory, decode workers.
         dicom_config: scan and decode settings (salt, limits, codecs).
-        audit: an audit logger (``log_verdicts``, ``log_state``, ``log_final_state``, ``log_dataset``,
-            ``log_thumbnail``), or None.
+        audit: an :class:`~tanl_guard.pipeline.audit_sink.AuditSink` (an
+            :class:`~tanl_guard.integrations.mlflow.AuditLogger`), or None; its calls count as ``seconds["audit"]``.
         progress: called as ``progress(done, total)`` after every study.
         on_verdict: called with every study verdict as soon as it is decided (screening order).
         checkpoint_metadata: JSON-safe values saved in every checkpoint (e.g. the audit run id to continue).
@@ -154,7 +155,7 @@ class Screener:
         guard: Guard,
         config: ScreenConfig | None = None,
         dicom_config: DicomScanConfig | None = None,
-        audit: Any = None,
+        audit: AuditSink | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_verdict: Callable[[StudyVerdict], None] | None = None,
         checkpoint_metadata: dict[str, Any] | None = None,
@@ -175,12 +176,10 @@ class Screener:
         self._stop.set()
 
     # ------------------------------------------------------------------ helpers
-    def _timed_audit(self, report: ScreenReport, method: str, *args: Any, **kwargs: Any) -> None:
-        if self.audit is None:
-            return
-        start = time.perf_counter()
-        getattr(self.audit, method)(*args, **kwargs)
-        report.seconds["audit"] += time.perf_counter() - start
+    def _log_verdicts(self, report: ScreenReport, records: list[dict[str, Any]], step: int) -> None:
+        if self.audit is not None:
+            with timed(report.seconds, "audit"):
+                self.audit.log_verdicts(records, step=step)
 
     def _manifest(self, root: str | Path, work: Path, checkpoint: dict[str, Any] | None) -> Manifest:
         """Build the folder's manifest, or reuse the stored one that a resumed checkpoint was written for."""
@@ -204,13 +203,15 @@ class Screener:
         return str(getattr(self.guard.encoder, "weights_sha256", "") or "")
 
     def _thumbnails(self, report: ScreenReport, batch: DecodedBatch, verdicts: list[StudyVerdict]) -> None:
-        if self.audit is None or not getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
+        audit = self.audit
+        if audit is None or not audit.wants_thumbnails:
             return
         thumbnails = {sv.series_key: sv.views[0] for s in batch.studies for sv in s.series if sv.ok}
         for verdict in verdicts:
             if verdict.verdict == REJECT:  # the least in-distribution series shows why
                 worst = min((s for s in verdict.series if s.id_score is not None), key=lambda s: s.id_score)
-                self._timed_audit(report, "log_thumbnail", thumbnails[worst.series], verdict.study)
+                with timed(report.seconds, "audit"):
+                    audit.log_thumbnail(thumbnails[worst.series], verdict.study)
 
     def _embedded_batches(self, manifest: Manifest, work: Path, after_batch: int,
                           report: ScreenReport) -> Iterator[tuple[DecodedBatch, Any]]:
@@ -265,9 +266,10 @@ class Screener:
         manifest = self._manifest(root, work, checkpoint_in)
         report.seconds["ingest"] += time.perf_counter() - start
         report.found = len(manifest)
-        if self.audit is not None and hasattr(self.audit, "log_dataset"):  # by digest of the salted keys only
-            self._timed_audit(report, "log_dataset", "screened folder", manifest.folder_key, "screening",
-                              {"studies": len(manifest), "files": manifest.files})
+        if self.audit is not None:  # by digest of the salted keys only
+            with timed(report.seconds, "audit"):
+                self.audit.log_dataset("screened folder", manifest.folder_key, "screening",
+                                       {"studies": len(manifest), "files": manifest.files})
 
         segments = work / "segments"
         encoder_hash = self._encoder_hash() if cfg.state_path else ""
@@ -301,7 +303,10 @@ class Screener:
                 "orphans_logged": state["orphans_logged"],
             })
             state["since_checkpoint"] = 0
-            self._timed_audit(report, "log_state", guard.snapshot(), step=state["step"])
+            if self.audit is not None:
+                snapshot = guard.snapshot()
+                with timed(report.seconds, "audit"):
+                    self.audit.log_state(snapshot, step=state["step"])
 
         total = len(manifest)
         writer = SegmentWriter(segments, manifest.digest, state["last_batch"])
@@ -320,7 +325,7 @@ class Screener:
                     state["since_checkpoint"] += 1
                     state["file_counts"].update(o.status.value for sv in study.series for o in sv.outcomes)
                     state["verdict_counts"][verdict.verdict.value] += 1  # plain keys: the checkpoint loads weights_only
-                    self._timed_audit(report, "log_verdicts", [line], step=verdict.step)
+                    self._log_verdicts(report, [line], verdict.step)
                     if self.on_verdict is not None:
                         self.on_verdict(verdict)
                     if self.progress is not None:
@@ -334,11 +339,13 @@ class Screener:
 
             report.orphans = orphan_verdicts(manifest.orphans)
             if report.orphans and not state["orphans_logged"]:
-                self._timed_audit(report, "log_verdicts", [o.to_json() for o in report.orphans], step=state["step"])
+                self._log_verdicts(report, [o.to_json() for o in report.orphans], state["step"])
             state["orphans_logged"] = True
             if cfg.state_path:
                 checkpoint()
-                self._timed_audit(report, "log_final_state", cfg.state_path)
+                if self.audit is not None:
+                    with timed(report.seconds, "audit"):
+                        self.audit.log_final_state(cfg.state_path)
         finally:
             batches.close()
             writer.close()

@@ -411,6 +411,11 @@ class AuditLogger:
         check_no_phi(obj, artifact_file)
         self._log_text(json.dumps(to_json_safe(dict(obj)), sort_keys=True, indent=1), artifact_file)
 
+    @property
+    def wants_thumbnails(self) -> bool:
+        """Whether thumbnails of rejected studies are uploaded (``config.log_thumbnails``)."""
+        return self.config.log_thumbnails
+
     def log_thumbnail(self, image: Any, study_key: str) -> bool:
         """Upload ``audit/rejected/<study_key>.png`` when ``config.log_thumbnails`` is on; otherwise do nothing.
 

@@ -77,7 +77,7 @@ class RayScreener(Screener):
 
     def __init__(self, *args: Any, encoder_spec: str, ray_config: RayEngineConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
+        if self.audit is not None and self.audit.wants_thumbnails:
             raise ValueError("thumbnails need the pixels in this process: use the local engine for them")
         if getattr(self.guard, "feature_source", None) == "external":
             raise ValueError("a feature gate that reads caller-supplied features cannot screen a folder")
