@@ -26,7 +26,7 @@ from tanl_guard.dicom import (
     resolve_outcomes,
     scan_folder,
 )
-from tanl_guard.dicom.privacy import resolve_salt
+from tanl_guard.privacy import resolve_salt
 
 
 def _build_tree(root: Path) -> dict[str, object]:

@@ -62,3 +62,38 @@ def test_threshold_policy_parse():
             ThresholdPolicy.parse(bad)
     with pytest.raises(ValueError):
         GuardPolicy(study_policy="some")
+
+
+def test_verdict_words_are_one_str_enum_written_as_bare_words():
+    import json
+
+    from tanl_guard.guard import Verdict
+
+    assert [str(v) for v in Verdict] == ["accept", "reject", "unreadable"]
+    study = study_verdict("k1", [_series("reject", 0.1), _series("unreadable", reason="decode_error")])
+    assert study.verdict is Verdict.REJECT and study.series[1].verdict is Verdict.UNREADABLE
+    line = json.dumps(study.to_json())
+    assert '"verdict": "reject"' in line and '"verdict": "unreadable"' in line
+    assert type(study.to_json()["verdict"]) is str  # plain words in files (and torch's weights_only loads)
+    again = type(study).from_json(json.loads(line))
+    assert again.verdict is Verdict.REJECT and [s.verdict for s in again.series] == [Verdict.REJECT, Verdict.UNREADABLE]
+    assert f"{study.verdict:<8}|" == "reject  |" and {"reject": 1}[study.verdict] == 1
+    with pytest.raises(ValueError):
+        _series("maybe", 0.5)
+
+
+def test_counts_metrics_and_reject_rate_have_one_definition():
+    from tanl_guard.guard.counts import StudyCounts, count_studies, is_orphan_file, reject_rate
+
+    records = [{"study": "a", "verdict": "accept"}, {"study": "b", "verdict": "reject"},
+               {"study": "c", "verdict": "reject"}, {"study": "d", "verdict": "unreadable"},
+               {"study": None, "verdict": "unreadable"}]
+    counts = count_studies(records)
+    assert [is_orphan_file(r) for r in records] == [False] * 4 + [True]
+    assert (counts.studies, counts.accept, counts.reject, counts.unreadable, counts.orphan_files) == (4, 1, 2, 1, 1)
+    assert counts.reject_rate == reject_rate(1, 2) == 2 / 3 and reject_rate(0, 0) == 0.0
+    metrics = counts.metrics()
+    assert list(metrics) == ["screen/accepted", "screen/rejected", "screen/unreadable", "screen/studies",
+                             "screen/orphan_files", "screen/reject_rate"]
+    assert metrics["screen/rejected"] == 2.0 and metrics["screen/studies"] == 4.0
+    assert StudyCounts.from_metrics(metrics) == counts

@@ -174,7 +174,7 @@ def main() -> None:
     work = Path(args.work)
     from pydicom.filereader import read_file_meta_info
 
-    from tanl_guard.dicom.privacy import Hasher
+    from tanl_guard.privacy import Hasher
 
     study_key = Hasher(args.salt)
     send = work / "send"

@@ -11,7 +11,7 @@ from dicom_peers import Receiver, dicom_files, echo, send_files
 from listener_process import free_port, judged_lines, listener_env, spool_is_idle, start_listener, wait_until
 from pydicom import dcmread
 
-from tanl_guard.dicom.privacy import Hasher
+from tanl_guard.privacy import Hasher
 
 STARTUP_S = 240  # building the guard in a fresh process: seconds on a quiet machine, minutes on a loaded one
 

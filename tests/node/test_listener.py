@@ -15,8 +15,8 @@ import pytest
 from dicom_peers import dicom_files, send_files
 from pydicom import dcmread
 
-from tanl_guard.dicom.privacy import Hasher
 from tanl_guard.node import ListenConfig, Listener, Peer, Spool, StatusServer
+from tanl_guard.privacy import Hasher
 
 PHI = ("Demo^Volunteer", "DEMO-", "19700101", "1.2.840.113619", "1.3.6.1.4.1.5962", "1.2.826.0.1")
 

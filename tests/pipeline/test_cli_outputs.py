@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from tanl_guard.cli._files import LockedReport, StateLock
 from tanl_guard.cli.main import cli
-from tanl_guard.pipeline.checkpoint import CHECKPOINT_FORMAT, save_checkpoint, save_signed
+from tanl_guard.guard.state_file import save_signed
+from tanl_guard.pipeline.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 

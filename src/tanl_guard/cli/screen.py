@@ -13,6 +13,8 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
+from ..view_spec import ViewSpec
 
 __all__ = ["screen", "EXIT_REJECTED", "EXIT_UNREADABLE", "EXIT_NOTHING_SCREENED", "EXIT_SIGTERM", "EXIT_SIGINT"]
 
@@ -55,14 +57,11 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: str) -> Any:
         raise click.BadParameter(str(exc)) from None
 
 
-def _view(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from ..dicom import ViewSpec
-
+def _view(ctx: click.Context, param: click.Parameter, value: str) -> ViewSpec:
     try:
-        ViewSpec.parse(value)
+        return ViewSpec.parse(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    return value
 
 
 class _RegistryChoice(click.Choice):
@@ -161,9 +160,9 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_di
     studies = str(done) if not report.stopped else f"{done} of {found} (stopped)"
     rows = [
         ("studies", studies + (f" ({report.resumed} from the checkpoint)" if report.resumed else "")),
-        ("accepted", str(counts["accept"])),
-        ("rejected (out of distribution)", str(counts["reject"])),
-        ("unreadable studies", str(counts["unreadable"])),
+        ("accepted", str(counts[ACCEPT])),
+        ("rejected (out of distribution)", str(counts[REJECT])),
+        ("unreadable studies", str(counts[UNREADABLE])),
         ("unreadable files outside any study", str(counts["orphan_files"])),
         ("files", ", ".join(f"{k} {v}" for k, v in report.file_counts.items()) or "none"),
         ("views scored", str(report.views)),
@@ -190,7 +189,7 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_di
     for v in report.studies + report.orphans:
         score = f"{v.id_score:.3f}" if v.id_score is not None else "-"
         extra = v.reason or ""
-        if v.top_negatives and v.verdict == "reject":
+        if v.top_negatives and v.verdict == REJECT:
             extra += f" [{', '.join(v.top_negatives[:3])}]"
         click.echo(f"  {(v.study or '(no study)')[:16]:<18} {v.verdict:<10} {score:>8}  {extra}")
     if run_info:
@@ -310,7 +309,7 @@ class _Signals:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_labels: Path | None,
            reference: Path | None, corpus_spec: str, detector: str | None, feature_source: str | None, device: str,
-           batch_size: int, view: str, study_policy: str, threshold_policy: Any, order: str, seed: int,
+           batch_size: int, view: ViewSpec, study_policy: str, threshold_policy: Any, order: str, seed: int,
            state_path: Path, work_dir: Path | None, workers: int, checkpoint_every: int, resume: bool,
            cache_dir: Path | None, tracking_uri: str | None, experiment: str,
            run_name: str | None, no_audit: bool, thumbnails: bool, as_json: bool, report: Path | None, fail_on_reject: bool,
@@ -369,7 +368,7 @@ def screen(studies_dir: Path, encoder_spec: str, id_label: tuple[str, ...], id_l
 
 
 def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: Path | None, corpus_spec: str,
-            detector: str | None, feature_source: str | None, device: str, batch_size: int, view: str,
+            detector: str | None, feature_source: str | None, device: str, batch_size: int, view: ViewSpec,
             study_policy: str, threshold_policy: Any, order: str, seed: int, state_path: Path, work_dir: Path,
             workers: int, checkpoint_every: int, resume: bool, resume_metadata: dict[str, Any],
             cache_dir: Path | None, tracking_uri: str | None, experiment: str,
@@ -398,7 +397,7 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
         raise click.ClickException(str(exc)) from exc
 
     description = describe_guard(guard, entry_point="screen",
-                                 reference_images=references.images if references else None, view=view,
+                                 reference_images=references.images if references else None, view=str(view),
                                  batch_size=batch_size, order=order, device=device)
     audit_logger = None
     if not no_audit:
@@ -491,10 +490,10 @@ def _screen(studies_dir: Path, encoder_spec: str, labels: list[str], reference: 
     if stopped is not None:
         sys.exit(EXIT_SIGTERM if stopped == signal.SIGTERM else EXIT_SIGINT)
     counts = result.counts()
-    if fail_on_reject and counts["reject"]:
+    if fail_on_reject and counts[REJECT]:
         sys.exit(EXIT_REJECTED)
-    unreadable = counts["unreadable"] or counts["orphan_files"] or any(
-        s.verdict == "unreadable" for v in result.studies for s in v.series) or any(v.conflicts for v in result.studies)
+    unreadable = counts[UNREADABLE] or counts["orphan_files"] or any(
+        s.verdict == UNREADABLE for v in result.studies for s in v.series) or any(v.conflicts for v in result.studies)
     if strict and unreadable:
         sys.exit(EXIT_UNREADABLE)
     if strict and result.found == 0:

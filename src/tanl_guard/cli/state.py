@@ -85,13 +85,7 @@ def show(source: str, tracking_uri: str | None) -> None:
     """
     import shutil
 
-    from ..pipeline.checkpoint import (
-        CHECKPOINT_FORMAT,
-        GUARD_STATE_FORMAT,
-        LEGACY_CHECKPOINT_FORMATS,
-        CheckpointError,
-        load_signed,
-    )
+    from ..guard.state_file import STATE_FORMATS, CheckpointError, load_signed
 
     path = Path(source)
     downloaded = None
@@ -103,8 +97,7 @@ def show(source: str, tracking_uri: str | None) -> None:
 
             path = downloaded = download_state(source, tracking_uri)
         payload = load_signed(path)
-        if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, GUARD_STATE_FORMAT,
-                                                                      *LEGACY_CHECKPOINT_FORMATS):
+        if not isinstance(payload, dict) or payload.get("format") not in STATE_FORMATS:
             raise CheckpointError(f"{path.name} is not a tanl-guard state file")
         try:
             description = describe_checkpoint(payload)

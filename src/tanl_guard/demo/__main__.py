@@ -87,7 +87,7 @@ def _compare(demo, report: Path, tanl_report: Path) -> None:
     for o in scan.outcomes:  # sorted by path: a study is named after its first file
         if o.study_key:
             name_of.setdefault(o.study_key, o.rel_path.split("/")[0])
-    from ..guard import count_studies
+    from ..guard import ACCEPT, REJECT, count_studies
 
     verdicts = [json.loads(line) for line in report.read_text().splitlines()]
     alone = {v["study"]: v for v in map(json.loads, tanl_report.read_text().splitlines()) if v["study"] is not None}
@@ -108,10 +108,10 @@ def _compare(demo, report: Path, tanl_report: Path) -> None:
         knn = "-" if v.get("feature_score") is None else f"{v['feature_score']:.3f}/{v['feature_threshold']:.3f}"
         print(f"  {name:<18} {demo.sources.get(name, ''):<32} {kind:<7} {v['verdict']:<11} {score:>8} {knn:>13}  "
               f"{other.get('verdict', '-'):<11}")
-        if kind in ("id", "ood") and v["verdict"] in ("accept", "reject"):
+        if kind in ("id", "ood") and v["verdict"] in (ACCEPT, REJECT):
             total += 1
-            right["tanl+knn"] += (kind == "id") == (v["verdict"] == "accept")
-            right["tanl"] += (kind == "id") == (other.get("verdict") == "accept")
+            right["tanl+knn"] += (kind == "id") == (v["verdict"] == ACCEPT)
+            right["tanl"] += (kind == "id") == (other.get("verdict") == ACCEPT)
     print(f"\n  {counts.studies} studies: {counts.accept} accepted, {counts.reject} rejected, {counts.unreadable} "
           f"unreadable; {counts.orphan_files} unreadable file(s) outside any study (tanl+knn).")
     print(f"  {right['tanl+knn']} of {total} readable studies judged as their kind by tanl+knn, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tanl_guard.dicom.view_spec import ViewSpec
+from tanl_guard.view_spec import ViewSpec
 
 __all__ = ["DicomScanConfig"]
 
@@ -16,7 +16,7 @@ class DicomScanConfig:
 
     Attributes:
         salt: salt for the hashed study/series/path keys; ``None`` uses ``$TANL_GUARD_SALT`` or the per-installation
-            salt file (see :func:`tanl_guard.dicom.privacy.resolve_salt`).
+            salt file (see :func:`tanl_guard.privacy.resolve_salt`).
         force: also read files without the DICOM preamble and file meta (legacy ACR-NEMA style) with
             ``dcmread(force=True)``. Off by default: forced reads accept almost anything. Forced datasets are kept
             only when they carry an SOP Class UID or image dimensions.

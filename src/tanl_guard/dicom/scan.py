@@ -19,10 +19,10 @@ from tanl_guard._optional import optional_import
 from tanl_guard.dicom.config import DicomScanConfig
 from tanl_guard.dicom.header import Header, native_frame_bytes, read_header
 from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason, ReasonError
-from tanl_guard.dicom.privacy import Hasher, resolve_salt
 from tanl_guard.dicom.quiet import quiet_pydicom
 from tanl_guard.dicom.records import InstanceRecord, ScanResult, SeriesRecord, StudyRecord
 from tanl_guard.dicom.vocabulary import Term, detail, errno_name, modality_term, uid_name
+from tanl_guard.privacy import Hasher, resolve_salt
 
 __all__ = ["scan_folder", "scan_files"]
 

@@ -15,7 +15,7 @@ from tanl_guard.dicom.decode import DecodeError, decode_frames
 from tanl_guard.dicom.outcomes import FileOutcome, FileStatus, Reason
 from tanl_guard.dicom.quiet import quiet_pydicom
 from tanl_guard.dicom.records import InstanceRecord, ScanResult, SeriesRecord
-from tanl_guard.dicom.view_spec import ViewSpec
+from tanl_guard.view_spec import ViewSpec
 
 __all__ = ["ViewProvenance", "SeriesViews", "StudyViews", "load_series_views", "iter_study_views", "resolve_outcomes"]
 

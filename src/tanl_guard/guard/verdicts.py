@@ -3,14 +3,41 @@
 
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ACCEPT", "REJECT", "UNREADABLE", "SeriesVerdict", "StudyVerdict", "combine_series", "study_verdict"]
+__all__ = [
+    "Verdict",
+    "ACCEPT",
+    "REJECT",
+    "UNREADABLE",
+    "SeriesVerdict",
+    "StudyVerdict",
+    "combine_series",
+    "study_verdict",
+]
 
-ACCEPT, REJECT, UNREADABLE = "accept", "reject", "unreadable"
+
+class Verdict(str, enum.Enum):
+    """The three verdict words. A ``str``: equal to (and hashed as) the bare word, which ``str()``, f-strings and
+    ``json`` give; :meth:`StudyVerdict.to_json` writes ``.value``, so files and MLflow see plain strings."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    UNREADABLE = "unreadable"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+# Module-level names of the members (public since the first version).
+ACCEPT, REJECT, UNREADABLE = Verdict.ACCEPT, Verdict.REJECT, Verdict.UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -20,7 +47,7 @@ class SeriesVerdict:
     Attributes:
         series: salted hash of the SeriesInstanceUID.
         modality: the DICOM Modality (or "" when unknown).
-        verdict: ``accept``, ``reject`` or ``unreadable``.
+        verdict: :class:`Verdict` ``accept``, ``reject`` or ``unreadable`` (a bare word is converted).
         id_score: the series score (None when unreadable).
         threshold: the threshold in force when it was judged (None when unreadable).
         views: how many views were scored.
@@ -39,7 +66,7 @@ class SeriesVerdict:
 
     series: str
     modality: str
-    verdict: str
+    verdict: Verdict
     id_score: float | None = None
     threshold: float | None = None
     views: int = 0
@@ -54,11 +81,14 @@ class SeriesVerdict:
     refused_by: tuple[str, ...] = ()
     conflicts: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verdict", Verdict(self.verdict))  # a bare word (JSON lines) becomes the member
+
     def to_json(self) -> dict[str, Any]:
         out = {
             "series": self.series,
             "modality": self.modality,
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "id_score": self.id_score,
             "views": self.views,
             "reason": self.reason,
@@ -81,7 +111,7 @@ class StudyVerdict:
 
     Attributes:
         study: salted hash of the StudyInstanceUID (None for orphan files).
-        verdict: ``accept``, ``reject`` or ``unreadable``.
+        verdict: :class:`Verdict` ``accept``, ``reject`` or ``unreadable`` (a bare word is converted).
         id_score: the lowest id_score of its readable series (None if none was readable).
         threshold: the threshold in force (None if nothing was scored).
         series: the series verdicts, in a stable order.
@@ -96,7 +126,7 @@ class StudyVerdict:
     """
 
     study: str | None
-    verdict: str
+    verdict: Verdict
     id_score: float | None = None
     threshold: float | None = None
     series: tuple[SeriesVerdict, ...] = ()
@@ -109,6 +139,9 @@ class StudyVerdict:
     feature_threshold: float | None = None
     refused_by: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
+
     @property
     def conflicts(self) -> int:
         """Files of the study that share an SOP Instance UID with a file of other content."""
@@ -118,7 +151,7 @@ class StudyVerdict:
         """The ``--json`` line of ``tanl-guard screen``."""
         out = {
             "study": self.study,
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "id_score": self.id_score,
             "threshold": self.threshold,
             "series": [s.to_json() for s in self.series],
@@ -157,7 +190,7 @@ def _gate_fields(line: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def combine_series(series: Sequence[SeriesVerdict], policy: str = "any") -> tuple[str, str | None]:
+def combine_series(series: Sequence[SeriesVerdict], policy: str = "any") -> tuple[Verdict, str | None]:
     """The study verdict and reason from its series verdicts.
 
     Unreadable series never count as accepted: a study with no readable series is unreadable; otherwise its

@@ -29,12 +29,17 @@ class DeferredAudit:
     guard once at its start.
 
     Args:
-        config: the real logger's ``config`` (the screener reads ``log_thumbnails`` from it), or None.
+        wants_thumbnails: whether the real logger takes thumbnails of rejected studies.
     """
 
-    def __init__(self, config: Any = None) -> None:
-        self.config = config
+    def __init__(self, wants_thumbnails: bool = False) -> None:
+        self._wants_thumbnails = bool(wants_thumbnails)
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    @property
+    def wants_thumbnails(self) -> bool:
+        """Whether the screener should send thumbnails (the real logger's setting)."""
+        return self._wants_thumbnails
 
     def log_verdicts(self, records: list[dict[str, Any]], step: int | None = None) -> None:
         self.calls.append(("log_verdicts", ([dict(r) for r in records],), {"step": step}))
@@ -44,6 +49,9 @@ class DeferredAudit:
 
     def log_thumbnail(self, image: Any, study_key: str) -> None:
         self.calls.append(("log_thumbnail", (image, study_key), {}))
+
+    def log_final_state(self, path: Any) -> None:
+        self.calls.append(("log_final_state", (path,), {}))
 
     def log_dataset(self, *args: Any, **kwargs: Any) -> None:
         return None

@@ -88,7 +88,8 @@ class Listener:
                                                config.max_backoff_s, poll_s=max(config.poll_s, 0.05))
         self.step = 0  # studies judged since the state was new
         self.batch = 0  # the last committed batch
-        self.counts: dict[str, int] = {ACCEPT: 0, REJECT: 0, UNREADABLE: 0, "orphan_files": 0}
+        # plain string keys: they go into the checkpoint, which loads weights_only
+        self.counts: dict[str, int] = {ACCEPT.value: 0, REJECT.value: 0, UNREADABLE.value: 0, "orphan_files": 0}
         self.resumed = False
         self.started_at = time.time()
         self.last_batch_latency_s: float | None = None
@@ -240,7 +241,7 @@ class Listener:
     # ------------------------------------------------------------------ one batch
     def _judge(self, batch: int, folder: Path, waited_s: float | None = None) -> None:
         start = time.perf_counter()
-        deferred = DeferredAudit(getattr(self.audit, "config", None)) if self.audit is not None else None
+        deferred = DeferredAudit(self.audit.wants_thumbnails) if self.audit is not None else None
 
         def on_batch(step: int) -> None:  # the detector's state curves, as `screen` logs them
             if deferred is not None:

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..dicom.privacy import Hasher, resolve_salt
+from ..privacy import Hasher, resolve_salt
 from .completion import CompleteStudy, StudyTracker
 
 __all__ = ["Spool", "SpoolFull", "INSTANCE_SUFFIX", "VERDICT_FILE"]

@@ -29,7 +29,7 @@ import numpy as np
 from ..dicom.config import DicomScanConfig
 from ..dicom.outcomes import FileOutcome, FileStatus, Reason
 from ..dicom.series_views import SeriesViews, load_series_views
-from ..dicom.view_spec import ViewSpec
+from ..view_spec import ViewSpec
 from .manifest import Manifest, ManifestRow
 
 __all__ = ["DecodedStudy", "DecodedBatch", "decode_study", "decode_batch", "iter_decoded_batches"]
@@ -211,7 +211,7 @@ def iter_decoded_batches(
     """
     if workers < 0 or prefetch < 1:
         raise ValueError("workers must be >= 0 and prefetch >= 1")
-    spec = str(ViewSpec.parse(view if view is not None else manifest.settings.view))
+    spec = ViewSpec.parse(view if view is not None else manifest.settings.view)  # parsed once, for every study
     config = dicom_config or DicomScanConfig()
     batches = manifest.iter_batches(after_batch)
     if workers == 0:

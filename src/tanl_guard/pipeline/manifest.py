@@ -37,7 +37,7 @@ from ..dicom.config import DicomScanConfig
 from ..dicom.outcomes import FileStatus, Reason
 from ..dicom.records import InstanceRecord, ScanResult, SeriesRecord
 from ..dicom.scan import scan_folder
-from ..dicom.view_spec import ViewSpec
+from ..view_spec import ViewSpec
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -354,7 +354,7 @@ class Manifest:
         """
         import pyarrow.parquet as pq
 
-        from .checkpoint import atomic_write_bytes  # torch-free readers (decode workers) never import it
+        from ..guard.state_file import atomic_write_bytes  # torch-free readers (decode workers) never import it
 
         pa = _pa()
         folder = Path(folder)

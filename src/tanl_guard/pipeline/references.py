@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dicom import DicomScanConfig, load_series_views, scan_folder
+from ..view_spec import ViewSpec
 
 __all__ = ["IMAGE_SUFFIXES", "ReferenceSet", "load_image_file", "load_references", "load_reference_images"]
 
@@ -65,7 +66,7 @@ def _folder_source(folder: Path, path: Path) -> str:
     return "folder:" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def _images_in(folder: Path, view: str, dicom_config: DicomScanConfig) -> tuple[list[np.ndarray], list[str]]:
+def _images_in(folder: Path, view: ViewSpec | str, dicom_config: DicomScanConfig) -> tuple[list[np.ndarray], list[str]]:
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     images = [load_image_file(p) for p in files]
     sources = [_folder_source(folder, p) for p in files]
@@ -79,7 +80,10 @@ def _images_in(folder: Path, view: str, dicom_config: DicomScanConfig) -> tuple[
 
 
 def load_reference_images(
-    folder: str | Path, labels: Sequence[str] = (), view: str = "slices:3", dicom_config: DicomScanConfig | None = None
+    folder: str | Path,
+    labels: Sequence[str] = (),
+    view: ViewSpec | str = "slices:3",
+    dicom_config: DicomScanConfig | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """Reference ID images per label (:func:`load_references` without the sources).
 
@@ -93,7 +97,10 @@ def load_reference_images(
 
 
 def load_references(
-    folder: str | Path, labels: Sequence[str] = (), view: str = "slices:3", dicom_config: DicomScanConfig | None = None
+    folder: str | Path,
+    labels: Sequence[str] = (),
+    view: ViewSpec | str = "slices:3",
+    dicom_config: DicomScanConfig | None = None,
 ) -> ReferenceSet:
     """Reference ID images per label, with the source of each.
 

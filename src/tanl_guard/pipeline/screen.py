@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..dicom import DicomScanConfig
-from ..dicom.view_spec import ViewSpec
 from ..guard import Guard, StudyVerdict, count_studies
-from ..guard.verdicts import ACCEPT, REJECT, UNREADABLE
+from ..guard.verdicts import REJECT
+from ..view_spec import ViewSpec
+from .audit_sink import AuditSink, timed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gating import encode_batch, judge_batch, orphan_verdicts
 from .ingest import DecodedBatch, iter_decoded_batches
@@ -40,7 +41,7 @@ class ScreenConfig:
     """How ``tanl-guard screen`` walks a folder.
 
     Attributes:
-        view: ``slices:K`` (default ``slices:3``), ``mid`` or ``mip``.
+        view: the view spec (default ``slices:3``); a string (``slices:K``, ``mid``, ``mip``) is parsed once here.
         batch_size: views per gate batch; whole studies are batched together until at least this many views
             are expected from their headers (TANL's final scores use the confident samples of their own batch).
             The batches are fixed in the manifest, whatever decodes or embeds them.
@@ -56,7 +57,7 @@ class ScreenConfig:
         prefetch: batches decoded ahead of the one being encoded (bounds memory to ``prefetch + 1`` batches).
     """
 
-    view: str = "slices:3"
+    view: ViewSpec = field(default_factory=ViewSpec)
     batch_size: int = 32
     order: str = "shuffled"
     seed: int = 0
@@ -68,6 +69,8 @@ class ScreenConfig:
     prefetch: int = 2
 
     def __post_init__(self) -> None:
+        if isinstance(self.view, str):
+            object.__setattr__(self, "view", ViewSpec.parse(self.view))
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.batch_size < 1 or self.checkpoint_every < 1:
@@ -123,9 +126,9 @@ class ScreenReport:
 
     def counts(self) -> dict[str, int]:
         """Studies per verdict and ``orphan_files`` (see :func:`tanl_guard.guard.count_studies`)."""
-        counts = count_studies(self.studies + self.orphans)
-        return {ACCEPT: counts.accept, REJECT: counts.reject, UNREADABLE: counts.unreadable,
-                "orphan_files": counts.orphan_files}
+        counts = count_studies(self.studies + self.orphans).as_dict()
+        del counts["studies"]
+        return counts
 
 
 class Screener:
@@ -135,8 +138,8 @@ class Screener:
         guard: the guard (it keeps the online state across calls; it stays in this process).
         config: order, batching, checkpoints, work directory, decode workers.
         dicom_config: scan and decode settings (salt, limits, codecs).
-        audit: an audit logger (``log_verdicts``, ``log_state``, ``log_final_state``, ``log_dataset``,
-            ``log_thumbnail``), or None.
+        audit: an :class:`~tanl_guard.pipeline.audit_sink.AuditSink` (an
+            :class:`~tanl_guard.integrations.mlflow.AuditLogger`), or None; its calls count as ``seconds["audit"]``.
         progress: called as ``progress(done, total)`` after every study.
         on_verdict: called with every study verdict as soon as it is decided (screening order).
         checkpoint_metadata: JSON-safe values saved in every checkpoint (e.g. the audit run id to continue).
@@ -152,7 +155,7 @@ class Screener:
         guard: Guard,
         config: ScreenConfig | None = None,
         dicom_config: DicomScanConfig | None = None,
-        audit: Any = None,
+        audit: AuditSink | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_verdict: Callable[[StudyVerdict], None] | None = None,
         checkpoint_metadata: dict[str, Any] | None = None,
@@ -173,17 +176,15 @@ class Screener:
         self._stop.set()
 
     # ------------------------------------------------------------------ helpers
-    def _timed_audit(self, report: ScreenReport, method: str, *args: Any, **kwargs: Any) -> None:
-        if self.audit is None:
-            return
-        start = time.perf_counter()
-        getattr(self.audit, method)(*args, **kwargs)
-        report.seconds["audit"] += time.perf_counter() - start
+    def _log_verdicts(self, report: ScreenReport, records: list[dict[str, Any]], step: int) -> None:
+        if self.audit is not None:
+            with timed(report.seconds, "audit"):
+                self.audit.log_verdicts(records, step=step)
 
     def _manifest(self, root: str | Path, work: Path, checkpoint: dict[str, Any] | None) -> Manifest:
         """Build the folder's manifest, or reuse the stored one that a resumed checkpoint was written for."""
         cfg = self.config
-        wanted = ManifestSettings(str(Path(root).absolute()), str(ViewSpec.parse(cfg.view)), cfg.batch_size,
+        wanted = ManifestSettings(str(Path(root).absolute()), str(cfg.view), cfg.batch_size,
                                   cfg.order, cfg.seed)
         folder = work / "manifest"
         if checkpoint is not None and Manifest.settings_in(folder) == (wanted, checkpoint["manifest"]):
@@ -202,13 +203,15 @@ class Screener:
         return str(getattr(self.guard.encoder, "weights_sha256", "") or "")
 
     def _thumbnails(self, report: ScreenReport, batch: DecodedBatch, verdicts: list[StudyVerdict]) -> None:
-        if self.audit is None or not getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
+        audit = self.audit
+        if audit is None or not audit.wants_thumbnails:
             return
         thumbnails = {sv.series_key: sv.views[0] for s in batch.studies for sv in s.series if sv.ok}
         for verdict in verdicts:
             if verdict.verdict == REJECT:  # the least in-distribution series shows why
                 worst = min((s for s in verdict.series if s.id_score is not None), key=lambda s: s.id_score)
-                self._timed_audit(report, "log_thumbnail", thumbnails[worst.series], verdict.study)
+                with timed(report.seconds, "audit"):
+                    audit.log_thumbnail(thumbnails[worst.series], verdict.study)
 
     def _embedded_batches(self, manifest: Manifest, work: Path, after_batch: int,
                           report: ScreenReport) -> Iterator[tuple[DecodedBatch, Any]]:
@@ -263,9 +266,10 @@ class Screener:
         manifest = self._manifest(root, work, checkpoint_in)
         report.seconds["ingest"] += time.perf_counter() - start
         report.found = len(manifest)
-        if self.audit is not None and hasattr(self.audit, "log_dataset"):  # by digest of the salted keys only
-            self._timed_audit(report, "log_dataset", "screened folder", manifest.folder_key, "screening",
-                              {"studies": len(manifest), "files": manifest.files})
+        if self.audit is not None:  # by digest of the salted keys only
+            with timed(report.seconds, "audit"):
+                self.audit.log_dataset("screened folder", manifest.folder_key, "screening",
+                                       {"studies": len(manifest), "files": manifest.files})
 
         segments = work / "segments"
         encoder_hash = self._encoder_hash() if cfg.state_path else ""
@@ -293,13 +297,16 @@ class Screener:
             writer.sync()  # the segments first: a checkpoint commits only verdicts already on disk
             save_checkpoint(cfg.state_path, {
                 "manifest": manifest.digest, "last_batch": state["last_batch"], "order": [cfg.order, cfg.seed],
-                "batch_size": cfg.batch_size, "view": str(ViewSpec.parse(cfg.view)), "encoder": encoder_hash,
+                "batch_size": cfg.batch_size, "view": str(cfg.view), "encoder": encoder_hash,
                 "guard": guard.state_dict(), "step": state["step"], "metadata": self.checkpoint_metadata,
                 "file_counts": dict(state["file_counts"]), "verdict_counts": dict(state["verdict_counts"]),
                 "orphans_logged": state["orphans_logged"],
             })
             state["since_checkpoint"] = 0
-            self._timed_audit(report, "log_state", guard.snapshot(), step=state["step"])
+            if self.audit is not None:
+                snapshot = guard.snapshot()
+                with timed(report.seconds, "audit"):
+                    self.audit.log_state(snapshot, step=state["step"])
 
         total = len(manifest)
         writer = SegmentWriter(segments, manifest.digest, state["last_batch"])
@@ -317,8 +324,8 @@ class Screener:
                     state["step"] = verdict.step
                     state["since_checkpoint"] += 1
                     state["file_counts"].update(o.status.value for sv in study.series for o in sv.outcomes)
-                    state["verdict_counts"][verdict.verdict] += 1
-                    self._timed_audit(report, "log_verdicts", [line], step=verdict.step)
+                    state["verdict_counts"][verdict.verdict.value] += 1  # plain keys: the checkpoint loads weights_only
+                    self._log_verdicts(report, [line], verdict.step)
                     if self.on_verdict is not None:
                         self.on_verdict(verdict)
                     if self.progress is not None:
@@ -332,11 +339,13 @@ class Screener:
 
             report.orphans = orphan_verdicts(manifest.orphans)
             if report.orphans and not state["orphans_logged"]:
-                self._timed_audit(report, "log_verdicts", [o.to_json() for o in report.orphans], step=state["step"])
+                self._log_verdicts(report, [o.to_json() for o in report.orphans], state["step"])
             state["orphans_logged"] = True
             if cfg.state_path:
                 checkpoint()
-                self._timed_audit(report, "log_final_state", cfg.state_path)
+                if self.audit is not None:
+                    with timed(report.seconds, "audit"):
+                        self.audit.log_final_state(cfg.state_path)
         finally:
             batches.close()
             writer.close()

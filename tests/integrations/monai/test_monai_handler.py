@@ -17,6 +17,7 @@ from monai.handlers import MLFlowHandler
 from monai_testing import SALT, batch_of, eval_loader, make_network
 
 from tanl_guard.guard import describe_guard
+from tanl_guard.guard.state_file import load_guard_state
 from tanl_guard.integrations.mlflow import AuditConfig, AuditLogger
 from tanl_guard.integrations.monai import (
     BatchVerdicts,
@@ -25,7 +26,6 @@ from tanl_guard.integrations.monai import (
     OODAuditHandler,
     items_from_meta,
 )
-from tanl_guard.pipeline.checkpoint import load_guard_state
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::pandas.errors.Pandas4Warning",

@@ -4,13 +4,13 @@ and the MLflow UI launcher. MLflow itself is imported lazily, only when somethin
 
 from __future__ import annotations
 
+from ...privacy import check_hashed_key, check_no_phi
 from .backfill import backfill_journals
 from .config import TRACKING_SCHEMES, AuditConfig, check_tracking_uri, existing_store, resolve_tracking_uri
 from .delivery import TABLE_ARTIFACT, DeliveryResult
 from .journal import DeliveryMarker, Journal
 from .logger import AuditLogger
 from .params import config_sha256, flatten_params, package_version
-from .privacy import check_hashed_key, check_no_phi
 from .records import VERDICT_COLUMNS, merge_verdict_tables, normalise_verdict_record, verdict_row
 from .snapshot import (
     FINAL_STATE_ARTIFACT,

@@ -16,12 +16,13 @@ from typing import Any
 from tanl_guard._offline import disable_telemetry
 from tanl_guard._optional import optional_import
 
+from ...guard.counts import COUNT_METRICS, StudyCounts, is_orphan_file
+from ...privacy import check_hashed_key, check_no_phi
 from .backfill import backfill_journals
 from .config import AuditConfig
 from .delivery import RUN_KEY_TAG, DeliveryResult, deliver, make_client
 from .journal import DeliveryMarker, Journal, new_run_key
 from .params import MAX_TAG_VALUE_LENGTH, config_sha256, flatten_params, package_version, truncate
-from .privacy import check_hashed_key, check_no_phi
 from .records import normalise_verdict_record
 from .snapshot import FINAL_STATE_ARTIFACT, state_metrics, to_json_safe
 from .thumbnails import THUMBNAIL_FOLDER, write_thumbnail
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 END_REASON_TAG = "audit.end_reason"
-_COUNT_METRICS = {"accept": "screen/accepted", "reject": "screen/rejected", "unreadable": "screen/unreadable"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 _DIGEST = re.compile(r"^[0-9a-f]{8,128}$")
 
@@ -82,7 +82,7 @@ class AuditLogger:
         # so a long-lived run (the DICOM listener) keeps only what MLflow has not received yet
         self._lines: list[tuple[str, int]] = []
         self._lines_base = 0
-        self._counts = dict.fromkeys(_COUNT_METRICS, 0)
+        self._counts = {verdict.value: 0 for verdict in COUNT_METRICS}
         self._orphans = 0
         self._screened = 0
         self._unflushed = 0
@@ -282,21 +282,17 @@ class AuditLogger:
         recs = [normalise_verdict_record(r) for r in records]
         if not recs:
             return
-        orphans = sum(1 for r in recs if r.get("study") is None and r["verdict"] == "unreadable")
+        orphans = sum(1 for r in recs if is_orphan_file(r))
         studies = len(recs) - orphans
         step = self._screened + studies if step is None else int(step)
         self._screened = max(self._screened + studies, step)
         for rec in recs:
             if rec.get("step") is None:
                 rec["step"] = step
-            if not (rec.get("study") is None and rec["verdict"] == "unreadable"):
+            if not is_orphan_file(rec):
                 self._counts[rec["verdict"]] += 1
         self._orphans += orphans
-        metrics: dict[str, float] = {name: float(self._counts[v]) for v, name in _COUNT_METRICS.items()}
-        judged = self._counts["accept"] + self._counts["reject"]
-        metrics["screen/studies"] = float(sum(self._counts.values()))
-        metrics["screen/orphan_files"] = float(self._orphans)
-        metrics["screen/reject_rate"] = self._counts["reject"] / judged if judged else 0.0
+        metrics = StudyCounts(studies=sum(self._counts.values()), orphan_files=self._orphans, **self._counts).metrics()
         scores = [r["id_score"] for r in recs if r.get("id_score") is not None]
         if scores:
             metrics["gate/id_score_mean"] = sum(scores) / len(scores)
@@ -376,7 +372,7 @@ class AuditLogger:
         call replaces the earlier upload.
 
         Args:
-            path: the local state file (``tanl_guard.pipeline.save_checkpoint`` or ``save_guard_state``).
+            path: the local state file (``tanl_guard.pipeline.save_checkpoint`` or ``tanl_guard.guard.state_file.save_guard_state``).
         """
         self._require_started()
         folder, _, name = FINAL_STATE_ARTIFACT.rpartition("/")
@@ -414,6 +410,11 @@ class AuditLogger:
         self._require_started()
         check_no_phi(obj, artifact_file)
         self._log_text(json.dumps(to_json_safe(dict(obj)), sort_keys=True, indent=1), artifact_file)
+
+    @property
+    def wants_thumbnails(self) -> bool:
+        """Whether thumbnails of rejected studies are uploaded (``config.log_thumbnails``)."""
+        return self.config.log_thumbnails
 
     def log_thumbnail(self, image: Any, study_key: str) -> bool:
         """Upload ``audit/rejected/<study_key>.png`` when ``config.log_thumbnails`` is on; otherwise do nothing.
@@ -558,10 +559,10 @@ class AuditLogger:
         if metrics is None:
             logger.warning("could not read run %s to resume its counts; counting from 0", run_id)
             return
-        for verdict, name in _COUNT_METRICS.items():
-            self._counts[verdict] = int(metrics.get(name, 0))
-        self._orphans = int(metrics.get("screen/orphan_files", 0))
-        self._screened = int(metrics.get("screen/studies", sum(self._counts.values())))
+        counts = StudyCounts.from_metrics(metrics)
+        self._counts = {verdict.value: getattr(counts, verdict.value) for verdict in COUNT_METRICS}
+        self._orphans = counts.orphan_files
+        self._screened = int(metrics.get("screen/studies", counts.studies))
 
     def _get_client(self) -> Any:
         if self._client is None:

@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .privacy import check_hashed_key, check_no_phi
+from ...guard.verdicts import ACCEPT, REJECT, UNREADABLE, Verdict
+from ...privacy import check_hashed_key, check_no_phi
 from .snapshot import to_json_safe
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
     "short_reason",
 ]
 
-VERDICTS = ("accept", "reject", "unreadable")
+VERDICTS = tuple(verdict.value for verdict in Verdict)
 _GATE_SCORES = ("label_score", "label_threshold", "feature_score", "feature_threshold")
 
 # One row per study, in the order an auditor reads it: when, which study, what was decided and why. The MLflow UI
@@ -127,15 +128,15 @@ def short_reason(record: Mapping[str, Any]) -> str | None:
     """
     reason, verdict = record.get("reason"), record.get("verdict")
     series = [s for s in record.get("series") or [] if isinstance(s, Mapping)]
-    unreadable = [s for s in series if s.get("verdict") == "unreadable"]
-    if series and verdict == "reject":
+    unreadable = [s for s in series if s.get("verdict") == UNREADABLE]
+    if series and verdict == REJECT:
         readable = len(series) - len(unreadable)
-        rejected = sum(1 for s in series if s.get("verdict") == "reject")
+        rejected = sum(1 for s in series if s.get("verdict") == REJECT)
         return f"{rejected}/{readable} series OOD" + (f", {len(unreadable)} unreadable" if unreadable else "")
-    if series and verdict == "unreadable":
+    if series and verdict == UNREADABLE:
         kinds = dict.fromkeys(str(s.get("reason") or "unreadable").split(":", 1)[0].strip() for s in unreadable)
         return ", ".join(kinds) or reason
-    if series and verdict == "accept":
+    if series and verdict == ACCEPT:
         return f"{len(unreadable)} series unreadable" if unreadable else None
     if not isinstance(reason, str):
         return reason

@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ...guard.counts import StudyCounts, is_orphan_file, reject_rate
+from ...guard.verdicts import ACCEPT, REJECT
 from .config import default_journal_dir, existing_store, resolve_tracking_uri, sqlite_path
 from .delivery import TABLE_ARTIFACT, make_client
 from .journal import Journal
@@ -97,21 +99,16 @@ def audit_summary(
                     continue
                 seen.add(row["record_id"])
             table_rows += 1
-            if row.get("study") is None and row.get("verdict") == "unreadable":  # a file of no study: not a study
+            if is_orphan_file(row):  # a file of no study: not a study
                 orphans += 1
                 continue
             counts[str(row.get("verdict"))] += 1
             if isinstance(row.get("id_score"), (int, float)):
                 scores.append(float(row["id_score"]))
     else:
-        for verdict, name in (
-            ("accept", "screen/accepted"),
-            ("reject", "screen/rejected"),
-            ("unreadable", "screen/unreadable"),
-        ):
-            counts[verdict] = int(metrics.get(name, 0))
-        orphans = int(metrics.get("screen/orphan_files", 0))
-    judged = counts["accept"] + counts["reject"]
+        from_metrics = StudyCounts.from_metrics(metrics)
+        counts.update({v: getattr(from_metrics, v) for v in VERDICTS})
+        orphans = from_metrics.orphan_files
     thresholds = [m.value for m in client.get_metric_history(rid, "gate/threshold")]
     state_files = [f.path for f in client.list_artifacts(rid, "state") if not f.is_dir]
     return {
@@ -125,7 +122,7 @@ def audit_summary(
         "studies": sum(counts.values()),
         "counts": {v: counts.get(v, 0) for v in VERDICTS},
         "orphan_files": orphans,
-        "reject_rate": counts["reject"] / judged if judged else 0.0,
+        "reject_rate": reject_rate(counts[ACCEPT], counts[REJECT]),
         "threshold": {
             "last": thresholds[-1] if thresholds else None,
             "min": min(thresholds) if thresholds else None,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tanl_guard._optional import optional_import
+from tanl_guard.guard.verdicts import ACCEPT
 
 from .verdicts import ON_REJECT_MODES, BatchVerdicts
 from .views import guard_views
@@ -83,7 +84,7 @@ def gate_batch(
         for i in range(batch)
     ]
     scores = torch.tensor([float(v.id_score) for v in judged], dtype=torch.float32)
-    accepted = torch.tensor([v.verdict == "accept" for v in judged], dtype=torch.bool)
+    accepted = torch.tensor([v.verdict == ACCEPT for v in judged], dtype=torch.bool)
     classified = accepted.clone() if on_reject != "pass" else torch.ones(batch, dtype=torch.bool)
     return BatchVerdicts(
         scores=scores,

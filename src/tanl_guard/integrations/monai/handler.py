@@ -15,7 +15,8 @@ import torch
 
 from tanl_guard._optional import optional_import
 from tanl_guard.guard.describe import describe_guard
-from tanl_guard.pipeline.checkpoint import save_guard_state
+from tanl_guard.guard.state_file import save_guard_state
+from tanl_guard.guard.verdicts import ACCEPT, REJECT
 
 from .verdicts import items_from_meta
 
@@ -91,7 +92,7 @@ def _filenames(meta: Any, n: int) -> list[str | None]:
 
 
 def _study_hasher(salt: str | None) -> Callable[[str], str]:
-    from tanl_guard.dicom.privacy import Hasher, resolve_salt
+    from tanl_guard.privacy import Hasher, resolve_salt
 
     hasher = Hasher(resolve_salt(salt))
     # The absolute path, so that "./data/a.npy" and "/srv/data/a.npy" get one key (names alone would collide).
@@ -175,7 +176,7 @@ class OODAuditHandler:
     - After every batch: logs the detector's state metrics (threshold, queue sizes, churn) at the items seen.
     - Every ``checkpoint_every`` items, on ``EPOCH_COMPLETED`` and on ``COMPLETED``: logs ``guard.snapshot()``
       (``state/step_<n>.json``), saves ``guard.state_dict()`` signed to ``state_path``
-      (:func:`~tanl_guard.pipeline.checkpoint.save_guard_state`; read it back with ``load_guard_state``) and uploads it as
+      (:func:`~tanl_guard.guard.state_file.save_guard_state`; read it back with ``load_guard_state``) and uploads it as
       ``state/final.pt``, where ``tanl-guard state show RUN_ID`` and ``audit summary`` find it.
     - On ``STARTED`` it starts the audit run when the logger has not been started yet (params, tags and run name
       from :meth:`describe`, built by :func:`~tanl_guard.guard.describe_guard` as for ``tanl-guard screen``); on
@@ -250,7 +251,7 @@ class OODAuditHandler:
         self._hash = _study_hasher(salt)
         self._started_run = False
         self.items_seen = 0
-        self.counts = {"accept": 0, "reject": 0, "flagged": 0, "classified": 0}
+        self.counts = {ACCEPT.value: 0, REJECT.value: 0, "flagged": 0, "classified": 0}
         self.last_records: list[dict[str, Any]] = []
         self.last_checkpoint_step: int | None = None
 
@@ -320,7 +321,7 @@ class OODAuditHandler:
         before = self.items_seen
         self.items_seen += len(records)
         for item in items:
-            self.counts["accept" if item["accepted"] else "reject"] += 1
+            self.counts[(ACCEPT if item["accepted"] else REJECT).value] += 1
             self.counts["flagged"] += int(item["flagged"])
             self.counts["classified"] += int(item["classified"])
         self.last_records = records
@@ -423,7 +424,7 @@ class OODAuditHandler:
             reason += "; classified anyway" if item["flagged"] else "; not classified"
         record = {
             "study": None if name is None else self._hash(name),
-            "verdict": "accept" if accepted else "reject",
+            "verdict": (ACCEPT if accepted else REJECT).value,
             "id_score": score,
             "threshold": threshold,
             "reason": reason,

@@ -4,30 +4,28 @@
 One rule, shared by :class:`~tanl_guard.integrations.monai.GuardedInferer`,
 :class:`~tanl_guard.integrations.monai.GuardedClassifier` and
 :class:`~tanl_guard.integrations.monai.ToGuardViewd`, so reference images made with the transform look exactly like
-what the gate sees. The slice positions are those of the DICOM ingest (:class:`tanl_guard.dicom.view_spec.ViewSpec`):
+what the gate sees. The slice positions are those of the DICOM ingest (:class:`tanl_guard.view_spec.ViewSpec`):
 ``slices:K`` takes K evenly spaced slices at ``(i + 1) / (K + 1)`` of the range (25/50/75 % for K = 3).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from tanl_guard.view_spec import ViewSpec
 
 __all__ = ["parse_view", "select_guard_channels", "minmax_unit", "guard_views"]
 
 
-def parse_view(view: Any) -> Any:
+def parse_view(view: str | ViewSpec) -> ViewSpec:
     """Parse a view spec: ``"slices:K"``, ``"slices"`` (K = 3), ``"mid"`` or ``"mip"`` (or a ``ViewSpec``).
 
     Args:
-        view: the spec string or a :class:`tanl_guard.dicom.view_spec.ViewSpec`.
+        view: the spec string or a :class:`tanl_guard.view_spec.ViewSpec`.
 
     Returns:
-        the :class:`~tanl_guard.dicom.view_spec.ViewSpec`.
+        the :class:`~tanl_guard.view_spec.ViewSpec`.
     """
-    from tanl_guard.dicom.view_spec import ViewSpec  # imported here: the dicom package loads pydicom
-
     return ViewSpec.parse(view)
 
 
@@ -70,7 +68,7 @@ def minmax_unit(images: torch.Tensor) -> torch.Tensor:
     return out.clamp_(0.0, 1.0).reshape(x.shape)
 
 
-def guard_views(images: torch.Tensor, view: Any = "slices:3") -> tuple[torch.Tensor, int]:
+def guard_views(images: torch.Tensor, view: str | ViewSpec = "slices:3") -> tuple[torch.Tensor, int]:
     """Turn a channel-first MONAI batch into the 2D views the gate scores.
 
     - 2D batch (B, C, H, W): one view per image (``view`` is ignored).

@@ -77,7 +77,7 @@ class RayScreener(Screener):
 
     def __init__(self, *args: Any, encoder_spec: str, ray_config: RayEngineConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if getattr(getattr(self.audit, "config", None), "log_thumbnails", False):
+        if self.audit is not None and self.audit.wants_thumbnails:
             raise ValueError("thumbnails need the pixels in this process: use the local engine for them")
         if getattr(self.guard, "feature_source", None) == "external":
             raise ValueError("a feature gate that reads caller-supplied features cannot screen a folder")
@@ -90,15 +90,14 @@ class RayScreener(Screener):
     def _settings(self) -> EmbeddingSettings:
         import torch
 
-        from ...dicom.privacy import resolve_salt
-        from ...dicom.view_spec import ViewSpec
+        from ...privacy import resolve_salt
 
         weights = str(getattr(self.guard.encoder, "weights_sha256", "") or "")
         threads = self.ray_config.encoder_threads or torch.get_num_threads()
         # The salt is resolved here: a worker node has no salt file of its own, and its keys must match ours.
         config = replace(self.dicom_config, salt=resolve_salt(self.dicom_config.salt))
         trunk = getattr(self.guard, "feature_detector", None) is not None and self.guard.feature_source == "trunk"
-        return EmbeddingSettings(self.encoder_spec, weights, str(ViewSpec.parse(self.config.view)), config, threads,
+        return EmbeddingSettings(self.encoder_spec, weights, str(self.config.view), config, threads,
                                  trunk_features=trunk)
 
     def _embedded_batches(self, manifest: Any, work: Path, after_batch: int, report: Any) -> Iterator[tuple[Any, Any]]:

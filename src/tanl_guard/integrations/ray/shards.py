@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..._optional import optional_import
-from ...pipeline.checkpoint import atomic_write_bytes
+from ...guard.state_file import atomic_write_bytes
 
 __all__ = ["EmbeddingShard", "ShardStore", "SHARD_FORMAT", "batch_to_json", "batch_from_json"]
 
