@@ -259,99 +259,143 @@ class Screener:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _run(self, root: str | Path, work: Path) -> ScreenReport:
-        cfg, guard = self.config, self.guard
+        cfg = self.config
         report = ScreenReport(order_seed=cfg.seed if cfg.order == "shuffled" else None)
         checkpoint_in = load_checkpoint(cfg.state_path) if cfg.resume else None
-        start = time.perf_counter()
-        manifest = self._manifest(root, work, checkpoint_in)
-        report.seconds["ingest"] += time.perf_counter() - start
+        with timed(report.seconds, "ingest"):
+            manifest = self._manifest(root, work, checkpoint_in)
         report.found = len(manifest)
         if self.audit is not None:  # by digest of the salted keys only
             with timed(report.seconds, "audit"):
                 self.audit.log_dataset("screened folder", manifest.folder_key, "screening",
                                        {"studies": len(manifest), "files": manifest.files})
-
-        segments = work / "segments"
-        encoder_hash = self._encoder_hash() if cfg.state_path else ""
-        state: dict[str, Any] = {"last_batch": -1, "step": 0, "since_checkpoint": 0, "file_counts": Counter(),
-                                 "verdict_counts": Counter(), "orphans_logged": False}
+        run = _ScreenRun(self, manifest, work, report)
         if checkpoint_in is not None:
-            if checkpoint_in.get("encoder") and encoder_hash and checkpoint_in["encoder"] != encoder_hash:
-                raise ValueError("the checkpoint was written with another encoder (its weights differ)")
-            committed = sum(1 for _ in read_verdicts(segments, manifest.digest, checkpoint_in["last_batch"]))
-            if committed != checkpoint_in["step"]:
-                raise ValueError(f"the verdicts of the checkpoint are missing from {segments} ({committed} of "
-                                 f"{checkpoint_in['step']} studies): resume with the work directory it was written with")
-            guard.load_state_dict(checkpoint_in["guard"])
-            state.update(last_batch=int(checkpoint_in["last_batch"]), step=int(checkpoint_in["step"]),
-                         file_counts=Counter(checkpoint_in.get("file_counts", {})),
-                         verdict_counts=Counter(checkpoint_in.get("verdict_counts", {})),
-                         orphans_logged=bool(checkpoint_in.get("orphans_logged", False)))
-            report.resumed = state["step"]
-        else:  # a fresh start: an older checkpoint would name verdicts that are no longer there
-            clear_segments(segments)
-            if cfg.state_path:
-                Path(cfg.state_path).unlink(missing_ok=True)
+            run.restore(checkpoint_in)
+        else:
+            run.start_fresh()
+        run.screen()
+        return run.finish()
 
-        def checkpoint() -> None:
-            writer.sync()  # the segments first: a checkpoint commits only verdicts already on disk
-            save_checkpoint(cfg.state_path, {
-                "manifest": manifest.digest, "last_batch": state["last_batch"], "order": [cfg.order, cfg.seed],
-                "batch_size": cfg.batch_size, "view": str(cfg.view), "encoder": encoder_hash,
-                "guard": guard.state_dict(), "step": state["step"], "metadata": self.checkpoint_metadata,
-                "file_counts": dict(state["file_counts"]), "verdict_counts": dict(state["verdict_counts"]),
-                "orphans_logged": state["orphans_logged"],
-            })
-            state["since_checkpoint"] = 0
-            if self.audit is not None:
-                snapshot = guard.snapshot()
-                with timed(report.seconds, "audit"):
-                    self.audit.log_state(snapshot, step=state["step"])
 
-        total = len(manifest)
-        writer = SegmentWriter(segments, manifest.digest, state["last_batch"])
-        batches = self._embedded_batches(manifest, work, state["last_batch"], report)
+@dataclass
+class _Committed:
+    """What a screening has committed so far: restored from a checkpoint and saved in the next one."""
+
+    last_batch: int = -1
+    step: int = 0
+    file_counts: Counter = field(default_factory=Counter)
+    verdict_counts: Counter = field(default_factory=Counter)  # plain-str keys: the checkpoint loads weights_only
+    orphans_logged: bool = False
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> _Committed:
+        return cls(last_batch=int(checkpoint["last_batch"]), step=int(checkpoint["step"]),
+                   file_counts=Counter(checkpoint.get("file_counts", {})),
+                   verdict_counts=Counter(checkpoint.get("verdict_counts", {})),
+                   orphans_logged=bool(checkpoint.get("orphans_logged", False)))
+
+    def payload(self) -> dict[str, Any]:
+        return {"last_batch": self.last_batch, "step": self.step, "file_counts": dict(self.file_counts),
+                "verdict_counts": dict(self.verdict_counts), "orphans_logged": self.orphans_logged}
+
+
+class _ScreenRun:
+    """One :meth:`Screener.run` over one manifest: gates its batches in order, appends their verdicts to the
+    segments, checkpoints every ``checkpoint_every`` studies, and reads the verdicts back for the report."""
+
+    def __init__(self, screener: Screener, manifest: Manifest, work: Path, report: ScreenReport) -> None:
+        self.screener, self.manifest, self.work, self.report = screener, manifest, work, report
+        self.config, self.guard = screener.config, screener.guard
+        self.segments = work / "segments"
+        self.encoder_hash = screener._encoder_hash() if self.config.state_path else ""
+        self.committed = _Committed()
+        self.since_checkpoint = 0
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint: its verdicts must all be in the segments, its guard state is loaded."""
+        if checkpoint.get("encoder") and self.encoder_hash and checkpoint["encoder"] != self.encoder_hash:
+            raise ValueError("the checkpoint was written with another encoder (its weights differ)")
+        committed = sum(1 for _ in read_verdicts(self.segments, self.manifest.digest, checkpoint["last_batch"]))
+        if committed != checkpoint["step"]:
+            raise ValueError(f"the verdicts of the checkpoint are missing from {self.segments} ({committed} of "
+                             f"{checkpoint['step']} studies): resume with the work directory it was written with")
+        self.guard.load_state_dict(checkpoint["guard"])
+        self.committed = _Committed.from_checkpoint(checkpoint)
+        self.report.resumed = self.committed.step
+
+    def start_fresh(self) -> None:
+        """A fresh start: an older checkpoint would name verdicts that are no longer there."""
+        clear_segments(self.segments)
+        if self.config.state_path:
+            Path(self.config.state_path).unlink(missing_ok=True)
+
+    def screen(self) -> None:
+        """Gate every batch not yet committed (until the manifest ends or a stop is requested), then the orphans."""
+        screener, cfg = self.screener, self.config
+        self.writer = SegmentWriter(self.segments, self.manifest.digest, self.committed.last_batch)
+        batches = screener._embedded_batches(self.manifest, self.work, self.committed.last_batch, self.report)
         try:
             for batch, features in batches:
-                t = time.perf_counter()
-                verdicts = judge_batch(guard, batch, features, manifest.studies_before(batch.batch_id) + 1)
-                report.seconds["gate"] += time.perf_counter() - t
-                report.views += batch.n_views
-                lines = [dict(v.to_json(), step=v.step) for v in verdicts]
-                writer.write_batch(batch.batch_id, lines)
-                state["last_batch"] = batch.batch_id
-                for verdict, line, study in zip(verdicts, lines, batch.studies):
-                    state["step"] = verdict.step
-                    state["since_checkpoint"] += 1
-                    state["file_counts"].update(o.status.value for sv in study.series for o in sv.outcomes)
-                    state["verdict_counts"][verdict.verdict.value] += 1  # plain keys: the checkpoint loads weights_only
-                    self._log_verdicts(report, [line], verdict.step)
-                    if self.on_verdict is not None:
-                        self.on_verdict(verdict)
-                    if self.progress is not None:
-                        self.progress(verdict.step, total)
-                if batch.n_views and self.on_batch is not None:
-                    self.on_batch(state["step"])
-                self._thumbnails(report, batch, verdicts)
-                if cfg.state_path and state["since_checkpoint"] >= cfg.checkpoint_every:
-                    checkpoint()
-            report.stopped = state["last_batch"] < manifest.n_batches - 1
-
-            report.orphans = orphan_verdicts(manifest.orphans)
-            if report.orphans and not state["orphans_logged"]:
-                self._log_verdicts(report, [o.to_json() for o in report.orphans], state["step"])
-            state["orphans_logged"] = True
+                self._commit(batch, features)
+                if cfg.state_path and self.since_checkpoint >= cfg.checkpoint_every:
+                    self._checkpoint()
+            self.report.stopped = self.committed.last_batch < self.manifest.n_batches - 1
+            self.report.orphans = orphan_verdicts(self.manifest.orphans)
+            if self.report.orphans and not self.committed.orphans_logged:
+                screener._log_verdicts(self.report, [o.to_json() for o in self.report.orphans], self.committed.step)
+            self.committed.orphans_logged = True
             if cfg.state_path:
-                checkpoint()
-                if self.audit is not None:
-                    with timed(report.seconds, "audit"):
-                        self.audit.log_final_state(cfg.state_path)
+                self._checkpoint()
+                if screener.audit is not None:
+                    with timed(self.report.seconds, "audit"):
+                        screener.audit.log_final_state(cfg.state_path)
         finally:
             batches.close()
-            writer.close()
+            self.writer.close()
 
-        report.file_counts = dict(sorted((Counter(manifest.scan_counts) + state["file_counts"]).items()))
-        lines = sorted((line for _, line in read_verdicts(segments, manifest.digest, state["last_batch"])),
+    def _commit(self, batch: DecodedBatch, features: Any) -> None:
+        screener, report, committed = self.screener, self.report, self.committed
+        with timed(report.seconds, "gate"):
+            verdicts = judge_batch(self.guard, batch, features, self.manifest.studies_before(batch.batch_id) + 1)
+        report.views += batch.n_views
+        lines = [dict(v.to_json(), step=v.step) for v in verdicts]
+        self.writer.write_batch(batch.batch_id, lines)
+        committed.last_batch = batch.batch_id
+        for verdict, line, study in zip(verdicts, lines, batch.studies, strict=True):
+            committed.step = verdict.step
+            self.since_checkpoint += 1
+            committed.file_counts.update(o.status.value for sv in study.series for o in sv.outcomes)
+            committed.verdict_counts[verdict.verdict.value] += 1
+            screener._log_verdicts(report, [line], verdict.step)
+            if screener.on_verdict is not None:
+                screener.on_verdict(verdict)
+            if screener.progress is not None:
+                screener.progress(verdict.step, len(self.manifest))
+        if batch.n_views and screener.on_batch is not None:
+            screener.on_batch(committed.step)
+        screener._thumbnails(report, batch, verdicts)
+
+    def _checkpoint(self) -> None:
+        cfg = self.config
+        self.writer.sync()  # the segments first: a checkpoint commits only verdicts already on disk
+        save_checkpoint(cfg.state_path, {
+            "manifest": self.manifest.digest, "order": [cfg.order, cfg.seed], "batch_size": cfg.batch_size,
+            "view": str(cfg.view), "encoder": self.encoder_hash, "guard": self.guard.state_dict(),
+            "metadata": self.screener.checkpoint_metadata, **self.committed.payload(),
+        })
+        self.since_checkpoint = 0
+        if self.screener.audit is not None:
+            snapshot = self.guard.snapshot()
+            with timed(self.report.seconds, "audit"):
+                self.screener.audit.log_state(snapshot, step=self.committed.step)
+
+    def finish(self) -> ScreenReport:
+        """The report: file counts, and every committed verdict read back in the folder's stable order."""
+        report = self.report
+        report.file_counts = dict(sorted((Counter(self.manifest.scan_counts) + self.committed.file_counts).items()))
+        lines = sorted((line for _, line in read_verdicts(self.segments, self.manifest.digest,
+                                                          self.committed.last_batch)),
                        key=lambda line: line["study"])  # the folder's stable order: by study key, as scanned
         report.studies = [StudyVerdict.from_json(line) for line in lines]
         return report
