@@ -9,6 +9,8 @@ them: a stage that cannot get a CPU hangs silently, so every test here also has 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -72,6 +74,14 @@ class RayCluster:
         return found
 
 
+def _die_with_the_tests() -> None:
+    """In the head's process before exec: SIGTERM it when the test process dies, even killed (a timeout's SIGTERM
+    skips the fixture's teardown), so that a cluster never outlives the run. ``unshare`` and ``bash -c exec``
+    replace the process without forking, and the setting survives ``execve``."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _namespace_commands() -> tuple[list[str], str] | None:
     """How to make a loopback-only namespace here (root: ``unshare -n``; else a user namespace), or None."""
     for unshare, mode in ((["unshare", "-n"], "root"), (["unshare", "-r", "-n"], "user")):
@@ -109,7 +119,8 @@ def ray_cluster(ray_env) -> Iterator[RayCluster]:
     start = (f"ip link set lo up && exec {ray_bin} start --head --block --port {PORT} --num-cpus 2 --num-gpus 0 "
              f"--node-ip-address 127.0.0.1 --include-dashboard false --disable-usage-stats --temp-dir {temp}")
     head = subprocess.Popen([*unshare, "bash", "-c", start], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_die_with_the_tests)
     deadline, log = time.monotonic() + START_TIMEOUT_S, []
     while time.monotonic() < deadline:
         line = head.stdout.readline()
