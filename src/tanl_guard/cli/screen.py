@@ -273,8 +273,9 @@ class _Signals:
                    "STUDIES_DIR.")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="Decode worker processes, decoding ahead while this process encodes (0: decode in between; "
-                   "can be faster on a small CPU, where workers take cores from the encoder); with --engine ray, encoder actors on the cluster (each loads the weights once; a GPU each "
-                   "where the cluster has one per actor).")
+                   "can be faster on a small CPU, where workers take cores from the encoder); with --engine ray, "
+                   "encoder actors on the cluster (each loads the weights once; a GPU each where the cluster has "
+                   "one per actor).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Checkpoint after this many studies.")
 @click.option("--resume", is_flag=True,
