@@ -5,11 +5,22 @@ volumes), a small corpus file and the real surrogate encoder."""
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    """A SIGTERM (a CI timeout, ``timeout``) stops the run as Ctrl-C does: pytest then tears the fixtures down, so
+    no server or cluster a fixture started (``mlflow server``, the Ray head, Orthanc) outlives the run."""
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
 
 
 @pytest.fixture(scope="session", autouse=True)

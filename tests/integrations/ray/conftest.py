@@ -74,12 +74,14 @@ class RayCluster:
         return found
 
 
+_prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl  # resolved before any fork
+
+
 def _die_with_the_tests() -> None:
-    """In the head's process before exec: SIGTERM it when the test process dies, even killed (a timeout's SIGTERM
-    skips the fixture's teardown), so that a cluster never outlives the run. ``unshare`` and ``bash -c exec``
-    replace the process without forking, and the setting survives ``execve``."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the head's process before exec: SIGTERM it when the test process dies, even by SIGKILL (which skips the
+    fixture's teardown), so that a cluster never outlives the run. ``unshare`` and ``bash -c exec`` replace the
+    process without forking, and the setting survives ``execve``."""
+    _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _namespace_commands() -> tuple[list[str], str] | None:
