@@ -1,4 +1,5 @@
-"""Fixtures of the node tests: the demo studies, a small corpus, guards with the real surrogate encoder."""
+"""Fixtures of the node tests: the demo studies, guards with the real surrogate encoder (on the root conftest's small
+corpus)."""
 
 from __future__ import annotations
 
@@ -12,38 +13,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # dicom_peers, listener_process
 
-# Ordinary nouns plus a few radiology words: enough for the surrogate to separate photos from brain MR.
-SMALL_CORPUS = """teapot
-espresso
-coffee mug
-astronaut
-space suit
-cat
-dog
-bicycle
-car
-building
-mountain
-flower
-document
-keyboard
-clock
-chair
-guitar
-book
-bridge
-boat
-chest radiograph
-x-ray of the knee
-ultrasound scan
-computed tomography
-bone scan
-lung
-rib cage
-hand
-spine
-"""
-
 
 @pytest.fixture(scope="session")
 def node_salt(salt_env):
@@ -55,13 +24,6 @@ def node_salt(salt_env):
 def demo(demo_folder):
     """The demo's studies and references (built once per session by the root conftest)."""
     return demo_folder
-
-
-@pytest.fixture(scope="session")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("node_corpus") / "negatives.txt"
-    path.write_text(SMALL_CORPUS)
-    return path
 
 
 @pytest.fixture(scope="session")
