@@ -46,7 +46,7 @@ def ledoit_wolf(x: torch.Tensor, assume_centered: bool = False) -> tuple[torch.T
     """
     x = _centred(x, assume_centered)
     n, p = x.shape
-    emp_cov = x.T @ x / n
+    emp_cov = empirical_covariance(x, assume_centered=True)
     if p == 1:
         return emp_cov, 0.0
     x2 = x * x
