@@ -124,6 +124,38 @@ def test_score_rule_and_admission_by_the_feature_gate(make_guard, references, ph
     assert neglabel.admission == "label"  # NegLabel keeps no queues: nothing to admit
 
 
+def _refuses_from(rate: float) -> int:
+    """The smallest pool whose lower (1 - rate) quantile is not its minimum, found with torch itself (float64, as
+    the guard's pool of label scores)."""
+    return next(n for n in range(2, 1000) if float(torch.quantile(
+        torch.arange(n, dtype=torch.float64), 1.0 - rate, interpolation="lower")) > 0)
+
+
+def test_label_gate_says_while_it_is_too_young_to_refuse(make_guard, references, photos):
+    guard = make_guard(detector="tanl+knn")
+    needed = _refuses_from(0.95)
+    assert guard.label_warmup() == {"seen": 0, "refuses_from": needed} == guard.snapshot()["fusion"]["label_warmup"]
+    brains = guard.encode(references["brain MRI"][:8])
+    pool: list[torch.Tensor] = []
+    while guard.label_warmup() is not None:
+        gate = guard.score_features(brains)
+        label, feature = gate.gates
+        pool.append(label.scores[feature.scores >= feature.threshold])
+        scores = torch.cat(pool)
+        if len(scores) < needed:  # too few to refuse any: the threshold is the lowest of them
+            assert guard.label_warmup() == {"seen": len(scores), "refuses_from": needed}
+            assert label.threshold == float(scores.min())
+    assert len(scores) >= needed and label.threshold > float(scores.min())  # now the lowest is refused
+    assert "label_warmup" not in guard.snapshot()["fusion"]
+
+    assert make_guard(detector="tanl+knn", fusion=FusionConfig(label_rate=0.9)).label_warmup()["refuses_from"] == (
+        _refuses_from(0.9))
+    assert make_guard(detector="tanl+knn", fusion=FusionConfig(label_rate=0.9, window=5)).label_warmup()[
+        "refuses_from"] == 6  # a window too small to ever refuse: always warming up
+    assert make_guard(detector="tanl+knn", fusion=FusionConfig(label_threshold="own")).label_warmup() is None
+    assert make_guard(detector="tanl").label_warmup() is None
+
+
 def test_feature_gate_alone(make_guard, references, photos):
     guard = make_guard(detector="mahalanobis")
     assert guard.label_detector is None and len(guard.corpus) == 0

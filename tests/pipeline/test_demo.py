@@ -51,5 +51,11 @@ def test_make_demo_runs_end_to_end(tmp_path, corpus_file, capsys, monkeypatch):
     fused = [line for line in lines if line.get("feature_threshold") is not None]
     assert fused, "the demo's first run is the fused guard (references given)"
     assert (tmp_path / "demo_out" / "mlflow.db").stat().st_size > 0
+    # 17 readable studies are too few views for the label gate to refuse any: the summary says so, with the count
+    # of feature-accepted views its saved state holds
+    from tanl_guard.guard.state_file import load_guard_state
+
+    seen = len(load_guard_state(tmp_path / "demo_out" / "state.pt")["cross"])
+    assert f"refuses nothing until 21 feature-accepted views set its threshold ({seen} so far" in out
     tanl_alone = (tmp_path / "demo_out" / "verdicts_tanl_alone.jsonl").read_text().splitlines()
     assert all(json.loads(line).get("feature_threshold") is None for line in tanl_alone)

@@ -170,8 +170,16 @@ def _print_summary(report: Any, guard: Any, run_info: dict[str, Any], studies_di
     ]
     snapshot = guard.snapshot(n_negatives=8)
     screened_any = bool(snapshot.get("images_screened"))
-    if screened_any and "threshold" in snapshot:
+    feature_threshold = snapshot.get("feature_gate", {}).get("threshold")
+    if screened_any and "fusion" in snapshot and feature_threshold is not None:  # a fused guard: each gate's own
+        rows.append(("label gate threshold", f"{snapshot['threshold']:.3f}"))
+        rows.append(("feature gate threshold", f"{feature_threshold:.3f}"))
+    elif screened_any and "threshold" in snapshot:
         rows.append(("threshold in force", f"{snapshot['threshold']:.3f}"))
+    warmup = snapshot.get("fusion", {}).get("label_warmup")
+    if screened_any and warmup:
+        rows.append(("label gate", f"warming up: it refuses nothing until {warmup['refuses_from']} feature-accepted "
+                                   f"views set its threshold ({warmup['seen']} so far; --state keeps them)"))
     if not snapshot.get("health", {}).get("ok", True):
         rows.append(("WARNING", snapshot["health"]["problem"] + ": add reference ID images or check the labels"))
     if screened_any and snapshot.get("selected_negatives"):

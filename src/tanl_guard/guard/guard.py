@@ -8,6 +8,7 @@ Mahalanobis on image features, fit on reference ID images), or both, fused (:mod
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -485,10 +486,33 @@ class Guard:
         # a fixed policy moves only the fused score's threshold; the gates keep theirs
         return self.fused and self.fusion.label_threshold == "feature" and self.policy.threshold.mode != "calibrated"
 
-    def _cross_threshold(self, pool: torch.Tensor) -> float:
+    def _cross_rate(self) -> float:
         assert self.feature_detector is not None
-        rate = self.fusion.label_rate or self.feature_detector.config.calibration.rate
-        return float(torch.quantile(pool, 1.0 - rate, interpolation="lower"))
+        return self.fusion.label_rate or self.feature_detector.config.calibration.rate
+
+    def _cross_threshold(self, pool: torch.Tensor) -> float:
+        return float(torch.quantile(pool, 1.0 - self._cross_rate(), interpolation="lower"))
+
+    def label_warmup(self) -> dict[str, int] | None:
+        """How far the label gate is from refusing anything, while its threshold comes from too few images.
+
+        With ``label_threshold="feature"`` the label threshold is the score that accepts the target share of the
+        feature-accepted images seen so far (their views, up to the fusion's window). Until there are enough of
+        them, that score is their minimum and the label gate refuses nothing (at 95 %: 21 views). The pool is part
+        of the saved state, so a site that resumes with ``--state`` warms up once.
+
+        Returns:
+            ``{"seen": n, "refuses_from": m}`` while ``n < m`` (``m`` may exceed the window: then it never
+            refuses), else None; None too when the label threshold comes from elsewhere.
+        """
+        if not self._cross_calibrated:
+            return None
+        share = 1.0 - self._cross_rate()
+        # the smallest pool whose quantile rank (the arithmetic of torch.quantile) passes the lowest score
+        needed = next((n for n in range(2, self.fusion.window + 1) if math.floor((n - 1) * share) >= 1),
+                      self.fusion.window + 1)
+        seen = int(len(self._cross))
+        return {"seen": seen, "refuses_from": needed} if seen < needed else None
 
     def _feature_threshold(self) -> float:
         assert self.feature_detector is not None
@@ -736,6 +760,9 @@ class Guard:
                     out["threshold"] = self._feature_threshold()
             if self.fused:
                 out["fusion"] = {**asdict(self.fusion), "admission": self.admission}
+                warmup = self.label_warmup()
+                if warmup is not None:
+                    out["fusion"]["label_warmup"] = warmup
             if self.calibration is not None:
                 out["calibration"] = dict(self.calibration)
             out["health"] = self.health()
