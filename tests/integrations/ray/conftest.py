@@ -102,6 +102,7 @@ def ray_env() -> Iterator[dict[str, str]]:
     cache = tempfile.mkdtemp(prefix="tgray_cache")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",  # no one outside the namespace can reach it
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # a test cluster serves nothing: stop at once, not after 30 s
                TANL_GUARD_SALT=SALT, TANL_GUARD_CACHE=cache, HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(Path(__file__).parents[3] / "src"),
                                                        env.get("PYTHONPATH", "")) if p))
