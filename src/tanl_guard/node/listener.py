@@ -319,4 +319,6 @@ class Listener:
         for key in ("threshold", "pos_queue", "neg_queue", "selected_negatives", "images_screened", "health"):
             if key in snapshot:
                 out[key] = snapshot[key]
+        if "label_warmup" in snapshot.get("fusion", {}):  # a fresh fused guard's label gate refuses nothing yet
+            out["label_warmup"] = snapshot["fusion"]["label_warmup"]
         return out
