@@ -90,13 +90,17 @@ def write_dicom_series(
             ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
             ds.ImagePositionPatient = [0.0, 0.0, float(i) * 2.0]
             ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
-            scaled = image.astype(np.float64)
-            scaled = (scaled - scaled.min()) / max(float(np.ptp(scaled)), 1e-9) * 4095.0
+            scaled = _min_max(image.astype(np.float64)) * 4095.0
             ds.PixelData = scaled.round().astype(np.uint16).tobytes()
         path = folder / f"IM{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _min_max(image: np.ndarray) -> np.ndarray:
+    """``image`` scaled to [0, 1] in its own float dtype (a constant image to 0)."""
+    return (image - image.min()) / max(float(np.ptp(image)), 1e-9)
 
 
 def _axial(volume: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -144,8 +148,7 @@ def _reference_slices(image: Any, views: Sequence[tuple[int, int, float, float]]
 def _save_references(folder: Path, slices: Sequence[np.ndarray]) -> None:
     folder.mkdir()
     for i, image in enumerate(slices):
-        image = np.asarray(image, dtype=np.float32)
-        scaled = (image - image.min()) / max(float(np.ptp(image)), 1e-9)
+        scaled = _min_max(np.asarray(image, dtype=np.float32))
         np.save(folder / f"brain_{i:02d}.npy", scaled.astype(np.float32))
 
 
